@@ -1,0 +1,461 @@
+// Package guard is mailguard's policy: the jails. It turns what the front ends
+// report (a login failed, a recipient was sent) into failures counted in a
+// store.Store, bans at each jail's maxretry within its sliding findtime, and
+// escalates repeat offenders. It is the only package that knows the policy;
+// front ends call it through small interfaces of their own.
+package guard
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/mailguard/mailguard/store"
+)
+
+// Event kinds a jail may count.
+const (
+	EventAuthFailure = "auth-failure" // a failed login reported by Dovecot
+	EventRecipient   = "rcpt"         // a recipient sent by an authenticated user (Postfix)
+	EventAbuse       = "smtp-abuse"   // SMTP abuse seen by Postfix (later sources)
+)
+
+// KnownEvents lists the event kinds jails may name.
+var KnownEvents = []string{EventAuthFailure, EventRecipient, EventAbuse}
+
+// Action says how far a jail's bans reach.
+type Action string
+
+const (
+	ActionRefuse   Action = "refuse"   // in-protocol refusal only
+	ActionFirewall Action = "firewall" // refuse and ban in the kernel firewall of every node
+)
+
+// ManualJail holds bans made by an administrator without --jail.
+const ManualJail = "manual"
+
+// Jail is one fail2ban-style jail.
+type Jail struct {
+	Name      string
+	Events    []string // event kinds it counts
+	Protocols []string // if not empty, only events of these protocols count (imap, pop3, smtp, ...)
+	Key       Key
+	MaxRetry  int
+	FindTime  time.Duration
+	// BanTime is the first ban's length. Zero: a rate limit, refusing (defer)
+	// while over MaxRetry within FindTime, never banning.
+	BanTime           time.Duration
+	Action            Action
+	Ports             []uint16 // firewall scope
+	DistinctPasswords bool     // count one failure per distinct password hash
+}
+
+func (j *Jail) counts(event, protocol string) bool {
+	if !slices.Contains(j.Events, event) {
+		return false
+	}
+	return len(j.Protocols) == 0 || slices.Contains(j.Protocols, strings.ToLower(protocol))
+}
+
+// Config is what New needs.
+type Config struct {
+	Jails          []Jail // enabled jails
+	Ignore         []netip.Prefix
+	Prefixes       Prefixes
+	Recidive       store.Recidive
+	KnownDeviceTTL time.Duration    // zero: 30 days
+	Log            *slog.Logger     // nil: slog.Default()
+	Metrics        Metrics          // nil: none
+	Now            func() time.Time // nil: time.Now; must be the store's clock
+}
+
+// Metrics receives what guard counts. Implementations must be safe for
+// concurrent use.
+type Metrics interface {
+	Failure(jail, protocol string)
+	Banned(jail string)
+}
+
+// Guard applies the jails. It is safe for concurrent use.
+type Guard struct {
+	st       store.Store
+	jails    []Jail
+	byName   map[string]*Jail
+	ignore   []netip.Prefix
+	prefixes Prefixes
+	recidive store.Recidive
+	knownTTL time.Duration
+	log      *slog.Logger
+	metrics  Metrics
+	now      func() time.Time
+}
+
+// New returns a Guard over st.
+func New(st store.Store, c Config) (*Guard, error) {
+	g := &Guard{
+		st: st, ignore: c.Ignore, prefixes: c.Prefixes, recidive: c.Recidive,
+		knownTTL: c.KnownDeviceTTL, log: c.Log, metrics: c.Metrics, now: c.Now,
+		byName: make(map[string]*Jail),
+	}
+	if g.knownTTL <= 0 {
+		g.knownTTL = 30 * 24 * time.Hour
+	}
+	if g.now == nil {
+		g.now = time.Now
+	}
+	if g.log == nil {
+		g.log = slog.Default()
+	}
+	g.jails = slices.Clone(c.Jails)
+	for i := range g.jails {
+		j := &g.jails[i]
+		if !j.Key.Valid() {
+			return nil, fmt.Errorf("guard: jail %s: unknown key %q", j.Name, j.Key)
+		}
+		if j.MaxRetry <= 0 || j.FindTime <= 0 {
+			return nil, fmt.Errorf("guard: jail %s: maxretry and findtime must be positive", j.Name)
+		}
+		if _, dup := g.byName[j.Name]; dup || j.Name == ManualJail {
+			return nil, fmt.Errorf("guard: jail name %q used twice or reserved", j.Name)
+		}
+		g.byName[j.Name] = j
+	}
+	return g, nil
+}
+
+// Jails returns the enabled jails.
+func (g *Guard) Jails() []Jail { return slices.Clone(g.jails) }
+
+// Jail returns the named jail.
+func (g *Guard) Jail(name string) (Jail, bool) {
+	j, ok := g.byName[name]
+	if !ok {
+		return Jail{}, false
+	}
+	return *j, true
+}
+
+// Ignored reports whether a is inside ignoreip.
+func (g *Guard) Ignored(a netip.Addr) bool {
+	a = Canon(a)
+	for _, p := range g.ignore {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// IgnoredPrefix reports whether any address of p is inside ignoreip.
+func (g *Guard) IgnoredPrefix(p netip.Prefix) bool {
+	for _, q := range g.ignore {
+		if q.Overlaps(p) {
+			return true
+		}
+	}
+	return false
+}
+
+func (g *Guard) subject(j *Jail, a netip.Addr, user string) (string, bool) {
+	switch j.Key {
+	case KeyIP:
+		return netSubject(hostPrefix(a)), true
+	case KeyPrefix:
+		return netSubject(g.prefixes.of(a)), true
+	case KeyUser:
+		if normUser(user) == "" {
+			return "", false
+		}
+		return userSubject(user), true
+	case KeyUserPrefix:
+		if normUser(user) == "" {
+			return "", false
+		}
+		return userNetSubject(user, g.prefixes.of(a)), true
+	}
+	return "", false
+}
+
+func (g *Guard) knownKey(a netip.Addr, user string) string {
+	if normUser(user) == "" {
+		return ""
+	}
+	return userNetSubject(user, g.prefixes.of(a))
+}
+
+// Check tells whether a client (and, if not empty, the user it logs in as) is
+// refused, and how many recent failures count against it (the most of any
+// jail counting auth failures; the basis of a tarpit). One store round trip.
+//
+// A ban keyed by user refuses that user only from prefixes that are not its
+// known devices: an attacker cannot lock a user out of their own phone.
+func (g *Guard) Check(ctx context.Context, a netip.Addr, user string) (refused bool, failures int, err error) {
+	a = Canon(a)
+	if !a.IsValid() || g.Ignored(a) {
+		return false, 0, nil
+	}
+	q := store.Query{Subjects: []string{netSubject(hostPrefix(a)), netSubject(g.prefixes.of(a))}}
+	if q.Subjects[0] == q.Subjects[1] {
+		q.Subjects = q.Subjects[:1]
+	}
+	if u := normUser(user); u != "" {
+		q.Subjects = append(q.Subjects, userSubject(u), userNetSubject(u, g.prefixes.of(a)))
+		q.Known = g.knownKey(a, u)
+	}
+	var userCounts []bool
+	for i := range g.jails {
+		j := &g.jails[i]
+		if !slices.Contains(j.Events, EventAuthFailure) {
+			continue
+		}
+		if s, ok := g.subject(j, a, user); ok {
+			q.Counts = append(q.Counts, store.Window{Jail: j.Name, Subject: s, Span: j.FindTime})
+			userCounts = append(userCounts, j.Key == KeyUser)
+		}
+	}
+	ans, err := g.st.Check(ctx, q)
+	if err != nil {
+		return false, 0, fmt.Errorf("guard: check: %w", err)
+	}
+	for _, b := range ans.Bans {
+		if strings.HasPrefix(b.Subject, "user:") && ans.Known {
+			continue // the user's own device
+		}
+		return true, 0, nil
+	}
+	for i, n := range ans.Counts {
+		if userCounts[i] && ans.Known {
+			continue
+		}
+		failures = max(failures, n)
+	}
+	return false, failures, nil
+}
+
+// Fail records a failed login. pwhash, if not empty, tells distinct
+// passwords apart for jails with DistinctPasswords. It returns the bans made.
+func (g *Guard) Fail(ctx context.Context, a netip.Addr, user, protocol, pwhash string) ([]store.Ban, error) {
+	return g.event(ctx, EventAuthFailure, a, user, protocol, pwhash)
+}
+
+// Abuse records SMTP abuse by a client.
+func (g *Guard) Abuse(ctx context.Context, a netip.Addr, reason string) ([]store.Ban, error) {
+	return g.event(ctx, EventAbuse, a, "", "smtp", reason)
+}
+
+func (g *Guard) event(ctx context.Context, kind string, a netip.Addr, user, protocol, member string) ([]store.Ban, error) {
+	a = Canon(a)
+	if !a.IsValid() {
+		return nil, errors.New("guard: invalid client address")
+	}
+	if g.Ignored(a) {
+		return nil, nil
+	}
+	var bans []store.Ban
+	var errs []error
+	for i := range g.jails {
+		j := &g.jails[i]
+		if !j.counts(kind, protocol) || j.BanTime <= 0 {
+			continue
+		}
+		s, ok := g.subject(j, a, user)
+		if !ok {
+			continue
+		}
+		h := store.Hit{
+			Jail: j.Name, Subject: s, Span: j.FindTime, MaxRetry: j.MaxRetry,
+			BanTime: j.BanTime, Recidive: g.recidive,
+			Reason: kind + " " + strings.ToLower(protocol),
+		}
+		if j.DistinctPasswords && member != "" {
+			h.Member = g.prefixes.of(a).String() + "|" + normUser(user) + "|" + member
+		}
+		r, err := g.st.Hit(ctx, h)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("guard: jail %s: %w", j.Name, err))
+			continue
+		}
+		if g.metrics != nil {
+			g.metrics.Failure(j.Name, protocol)
+		}
+		g.log.Debug("failure", "jail", j.Name, "key", s, "count", r.Count, "protocol", protocol)
+		if r.Ban != nil {
+			bans = append(bans, *r.Ban)
+			if g.metrics != nil {
+				g.metrics.Banned(j.Name)
+			}
+			g.log.Info("ban", "jail", j.Name, "key", r.Ban.Subject, "ttl", r.Ban.Expires.Sub(r.Ban.Created).Round(time.Second),
+				"count", r.Count, "nth", r.Ban.Nth, "protocol", protocol)
+		}
+	}
+	return bans, errors.Join(errs...)
+}
+
+// Succeed records a successful login: the (user, prefix) pair becomes a known
+// device for KnownDeviceTTL and its failures are forgotten.
+func (g *Guard) Succeed(ctx context.Context, a netip.Addr, user string) error {
+	a = Canon(a)
+	key := g.knownKey(a, user)
+	if key == "" || !a.IsValid() {
+		return nil
+	}
+	if err := g.st.Remember(ctx, key, g.knownTTL); err != nil {
+		return fmt.Errorf("guard: remember device: %w", err)
+	}
+	for i := range g.jails {
+		j := &g.jails[i]
+		if j.Key == KeyUserPrefix {
+			if err := g.st.Reset(ctx, j.Name, key); err != nil {
+				return fmt.Errorf("guard: jail %s: reset: %w", j.Name, err)
+			}
+		}
+	}
+	return nil
+}
+
+// Recipient counts n recipients sent by an authenticated user against the
+// rate-limit jails (those counting rcpt events); over tells the caller to
+// defer. Every recipient counts, deferred ones too: a sender that keeps
+// pushing stays over.
+func (g *Guard) Recipient(ctx context.Context, a netip.Addr, user string) (over bool, err error) {
+	a = Canon(a)
+	if normUser(user) == "" || !a.IsValid() || g.Ignored(a) {
+		return false, nil
+	}
+	for i := range g.jails {
+		j := &g.jails[i]
+		if !j.counts(EventRecipient, "smtp") {
+			continue
+		}
+		s, ok := g.subject(j, a, user)
+		if !ok {
+			continue
+		}
+		r, err := g.st.Hit(ctx, store.Hit{
+			Jail: j.Name, Subject: s, Span: j.FindTime, MaxRetry: j.MaxRetry,
+			BanTime: j.BanTime, Recidive: g.recidive, Reason: EventRecipient,
+		})
+		if err != nil {
+			return false, fmt.Errorf("guard: jail %s: %w", j.Name, err)
+		}
+		if g.metrics != nil {
+			g.metrics.Failure(j.Name, "smtp")
+		}
+		if r.Count > j.MaxRetry || r.Ban != nil {
+			if r.Count == j.MaxRetry+1 || r.Ban != nil {
+				g.log.Info("rate limit", "jail", j.Name, "key", s, "count", r.Count)
+			}
+			over = true
+		}
+	}
+	return over, nil
+}
+
+// ErrIgnored refuses a ban on an address inside ignoreip.
+var ErrIgnored = errors.New("inside ignoreip: never banned")
+
+// Ban bans target (an address, prefix or login) in jail (ManualJail when
+// empty) for d (the jail's bantime when zero; one hour for the manual jail).
+func (g *Guard) Ban(ctx context.Context, target, jail string, d time.Duration) (store.Ban, error) {
+	subject, prefix, err := g.ParseTarget(target)
+	if err != nil {
+		return store.Ban{}, err
+	}
+	if prefix.IsValid() && g.IgnoredPrefix(prefix) {
+		return store.Ban{}, fmt.Errorf("%s is %w", target, ErrIgnored)
+	}
+	if jail == "" {
+		jail = ManualJail
+	}
+	if j, ok := g.byName[jail]; ok {
+		if d <= 0 {
+			d = j.BanTime
+		}
+	} else if jail != ManualJail {
+		return store.Ban{}, fmt.Errorf("no jail %q", jail)
+	}
+	if d <= 0 {
+		d = time.Hour
+	}
+	b, err := g.st.Ban(ctx, store.Ban{Jail: jail, Subject: subject, Created: g.now(), Expires: g.now().Add(d), Reason: "manual"})
+	if err != nil {
+		return store.Ban{}, err
+	}
+	if g.metrics != nil {
+		g.metrics.Banned(jail)
+	}
+	g.log.Info("ban", "jail", jail, "key", subject, "ttl", d, "reason", "manual")
+	return b, nil
+}
+
+// Unban lifts every ban on target, on every node.
+func (g *Guard) Unban(ctx context.Context, target string) ([]store.Ban, error) {
+	subject, _, err := g.ParseTarget(target)
+	if err != nil {
+		return nil, err
+	}
+	lifted, err := g.st.Unban(ctx, subject)
+	if err != nil {
+		return nil, err
+	}
+	for _, b := range lifted {
+		g.log.Info("unban", "jail", b.Jail, "key", b.Subject)
+	}
+	return lifted, nil
+}
+
+// JailStatus is one jail's line of `mailguard status`.
+type JailStatus struct {
+	Jail
+	store.JailStats
+	Banned []store.Ban
+}
+
+// Status reports every jail (and the manual one if it holds bans), or only
+// the named jail.
+func (g *Guard) Status(ctx context.Context, only string) ([]JailStatus, error) {
+	if only != "" && only != ManualJail {
+		if _, ok := g.byName[only]; !ok {
+			return nil, fmt.Errorf("no jail %q", only)
+		}
+	}
+	names := []string{}
+	for _, j := range g.jails {
+		names = append(names, j.Name)
+	}
+	names = append(names, ManualJail)
+	stats, err := g.st.Stats(ctx, names)
+	if err != nil {
+		return nil, err
+	}
+	bans, err := g.st.Bans(ctx)
+	if err != nil {
+		return nil, err
+	}
+	byJail := map[string][]store.Ban{}
+	for _, b := range bans {
+		byJail[b.Jail] = append(byJail[b.Jail], b)
+	}
+	var out []JailStatus
+	add := func(j Jail) {
+		if only != "" && j.Name != only {
+			return
+		}
+		bs := byJail[j.Name]
+		sort.Slice(bs, func(a, b int) bool { return bs[a].Subject < bs[b].Subject })
+		out = append(out, JailStatus{Jail: j, JailStats: stats[j.Name], Banned: bs})
+	}
+	for _, j := range g.jails {
+		add(j)
+	}
+	if len(byJail[ManualJail]) > 0 || only == ManualJail || stats[ManualJail].TotalBanned > 0 {
+		add(Jail{Name: ManualJail, Action: ActionFirewall})
+	}
+	return out, nil
+}

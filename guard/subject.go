@@ -1,0 +1,102 @@
+package guard
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+)
+
+// Key says what a jail counts and bans.
+type Key string
+
+const (
+	KeyIP         Key = "ip"          // the client address (/32, /128)
+	KeyPrefix     Key = "prefix"      // the client's prefix (prefix.ipv4, prefix.ipv6)
+	KeyUser       Key = "user"        // the login, case-insensitive
+	KeyUserPrefix Key = "user+prefix" // the login from one prefix
+)
+
+// Valid reports whether k is one of the known keys.
+func (k Key) Valid() bool {
+	switch k {
+	case KeyIP, KeyPrefix, KeyUser, KeyUserPrefix:
+		return true
+	}
+	return false
+}
+
+// Prefixes are the aggregation lengths. The zero value means /32 and /64.
+type Prefixes struct {
+	IPv4, IPv6 int
+}
+
+func (p Prefixes) of(a netip.Addr) netip.Prefix {
+	bits := p.IPv6
+	if a.Is4() {
+		bits = p.IPv4
+		if bits == 0 {
+			bits = 32
+		}
+	} else if bits == 0 {
+		bits = 64
+	}
+	pr, _ := a.Prefix(bits)
+	return pr
+}
+
+// Canon unmaps IPv4-mapped IPv6 (::ffff:192.0.2.1 is 192.0.2.1) and drops zones.
+func Canon(a netip.Addr) netip.Addr {
+	return a.Unmap().WithZone("")
+}
+
+func netSubject(p netip.Prefix) string     { return "net:" + p.Masked().String() }
+func userSubject(u string) string          { return "user:" + normUser(u) }
+func normUser(u string) string             { return strings.ToLower(strings.TrimSpace(u)) }
+func hostPrefix(a netip.Addr) netip.Prefix { return netip.PrefixFrom(a, a.BitLen()) }
+
+func userNetSubject(u string, p netip.Prefix) string {
+	return "user+net:" + normUser(u) + "|" + p.Masked().String()
+}
+
+// SubjectPrefix returns the network a subject names, if it names one.
+func SubjectPrefix(s string) (netip.Prefix, bool) {
+	rest, ok := strings.CutPrefix(s, "net:")
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	p, err := netip.ParsePrefix(rest)
+	if err != nil {
+		return netip.Prefix{}, false
+	}
+	return p, true
+}
+
+// ParseTarget turns what an administrator typed (an address, a CIDR, a
+// login) into a subject. Addresses become host subjects; a CIDR must be a host
+// or have the configured prefix length, the lengths checks look at.
+func (g *Guard) ParseTarget(s string) (subject string, prefix netip.Prefix, err error) {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return "", netip.Prefix{}, fmt.Errorf("empty target")
+	}
+	if a, err := netip.ParseAddr(s); err == nil {
+		p := hostPrefix(Canon(a))
+		return netSubject(p), p, nil
+	}
+	if p, err := netip.ParsePrefix(s); err == nil {
+		a := Canon(p.Addr())
+		bits := p.Bits()
+		if p.Addr().Is4In6() {
+			bits -= 96
+		}
+		p = netip.PrefixFrom(a, bits).Masked()
+		if bits != a.BitLen() && bits != g.prefixes.of(a).Bits() {
+			return "", netip.Prefix{}, fmt.Errorf("prefix %s: length must be /%d or /%d", s, a.BitLen(), g.prefixes.of(a).Bits())
+		}
+		return netSubject(p), p, nil
+	}
+	if strings.ContainsAny(s, " \t\r\n|") || strings.Contains(s, "/") && !strings.Contains(s, "@") {
+		return "", netip.Prefix{}, fmt.Errorf("%q is neither an address, a prefix nor a login", s)
+	}
+	return userSubject(s), netip.Prefix{}, nil
+}
