@@ -24,106 +24,106 @@ const DefaultFile = "/etc/mailguard/mailguard.yaml"
 
 // Config is the effective configuration. Field tags are the config keys.
 type Config struct {
-	StateDir       string          `mapstructure:"state_dir"`
-	IgnoreIP       []string        `mapstructure:"ignoreip"`
-	Prefix         Prefix          `mapstructure:"prefix"`
-	KnownDeviceTTL Duration        `mapstructure:"known_device_ttl"`
-	Postfix        Postfix         `mapstructure:"postfix"`
-	Dovecot        Dovecot         `mapstructure:"dovecot"`
-	Store          Store           `mapstructure:"store"`
-	Firewall       Firewall        `mapstructure:"firewall"`
-	Admin          Admin           `mapstructure:"admin"`
-	Metrics        Metrics         `mapstructure:"metrics"`
-	Recidive       Recidive        `mapstructure:"recidive"`
-	Log            Log             `mapstructure:"log"`
-	Jails          map[string]Jail `mapstructure:"jails"`
+	StateDir       string          `mapstructure:"state_dir" yaml:"state_dir"`
+	IgnoreIP       []string        `mapstructure:"ignoreip" yaml:"ignoreip"`
+	Prefix         Prefix          `mapstructure:"prefix" yaml:"prefix"`
+	KnownDeviceTTL Duration        `mapstructure:"known_device_ttl" yaml:"known_device_ttl"`
+	Postfix        Postfix         `mapstructure:"postfix" yaml:"postfix"`
+	Dovecot        Dovecot         `mapstructure:"dovecot" yaml:"dovecot"`
+	Store          Store           `mapstructure:"store" yaml:"store"`
+	Firewall       Firewall        `mapstructure:"firewall" yaml:"firewall"`
+	Admin          Admin           `mapstructure:"admin" yaml:"admin"`
+	Metrics        Metrics         `mapstructure:"metrics" yaml:"metrics"`
+	Recidive       Recidive        `mapstructure:"recidive" yaml:"recidive"`
+	Log            Log             `mapstructure:"log" yaml:"log"`
+	Jails          map[string]Jail `mapstructure:"jails" yaml:"jails"`
 }
 
 type Prefix struct {
-	IPv4 int `mapstructure:"ipv4"`
-	IPv6 int `mapstructure:"ipv6"`
+	IPv4 int `mapstructure:"ipv4" yaml:"ipv4"`
+	IPv6 int `mapstructure:"ipv6" yaml:"ipv6"`
 }
 
 type Postfix struct {
-	Listen       string   `mapstructure:"listen"`
-	RejectAction string   `mapstructure:"reject_action"`
-	DeferAction  string   `mapstructure:"defer_action"`
-	IdleTimeout  Duration `mapstructure:"idle_timeout"`
-	MaxConns     int      `mapstructure:"max_conns"`
+	Listen       string   `mapstructure:"listen" yaml:"listen"`
+	RejectAction string   `mapstructure:"reject_action" yaml:"reject_action"`
+	DeferAction  string   `mapstructure:"defer_action" yaml:"defer_action"`
+	IdleTimeout  Duration `mapstructure:"idle_timeout" yaml:"idle_timeout"`
+	MaxConns     int      `mapstructure:"max_conns" yaml:"max_conns"`
 }
 
 type Dovecot struct {
-	Listen    string   `mapstructure:"listen"`
-	APIHeader string   `mapstructure:"api_header"`
-	RejectMsg string   `mapstructure:"reject_msg"`
-	Tarpit    Tarpit   `mapstructure:"tarpit"`
-	MaxConns  int      `mapstructure:"max_conns"`
-	Timeout   Duration `mapstructure:"timeout"`
+	Listen    string   `mapstructure:"listen" yaml:"listen"`
+	APIHeader string   `mapstructure:"api_header" yaml:"api_header"`
+	RejectMsg string   `mapstructure:"reject_msg" yaml:"reject_msg"`
+	Tarpit    Tarpit   `mapstructure:"tarpit" yaml:"tarpit"`
+	MaxConns  int      `mapstructure:"max_conns" yaml:"max_conns"`
+	Timeout   Duration `mapstructure:"timeout" yaml:"timeout"`
 }
 
 type Tarpit struct {
-	Start int      `mapstructure:"start"`
-	Base  Duration `mapstructure:"base"`
-	Max   Duration `mapstructure:"max"`
+	Start int      `mapstructure:"start" yaml:"start"`
+	Base  Duration `mapstructure:"base" yaml:"base"`
+	Max   Duration `mapstructure:"max" yaml:"max"`
 }
 
 type Store struct {
-	Backend  string   `mapstructure:"backend"`
-	FailMode string   `mapstructure:"fail_mode"`
-	Timeout  Duration `mapstructure:"timeout"`
-	Redis    Redis    `mapstructure:"redis"`
+	Backend  string   `mapstructure:"backend" yaml:"backend"`
+	FailMode string   `mapstructure:"fail_mode" yaml:"fail_mode"`
+	Timeout  Duration `mapstructure:"timeout" yaml:"timeout"`
+	Redis    Redis    `mapstructure:"redis" yaml:"redis"`
 }
 
 type Redis struct {
-	URL               string   `mapstructure:"url"`
-	Addrs             []string `mapstructure:"addrs"`
-	MasterName        string   `mapstructure:"master_name"`
-	Username          string   `mapstructure:"username"`
-	Password          string   `mapstructure:"password"`
-	PoolSize          int      `mapstructure:"pool_size"`
-	DialTimeout       Duration `mapstructure:"dial_timeout"`
-	ReadTimeout       Duration `mapstructure:"read_timeout"`
-	WriteTimeout      Duration `mapstructure:"write_timeout"`
-	Prefix            string   `mapstructure:"prefix"`
-	ReconcileInterval Duration `mapstructure:"reconcile_interval"`
+	URL               string   `mapstructure:"url" yaml:"url"`
+	Addrs             []string `mapstructure:"addrs" yaml:"addrs"`
+	MasterName        string   `mapstructure:"master_name" yaml:"master_name"`
+	Username          string   `mapstructure:"username" yaml:"username"`
+	Password          string   `mapstructure:"password" yaml:"password"`
+	PoolSize          int      `mapstructure:"pool_size" yaml:"pool_size"`
+	DialTimeout       Duration `mapstructure:"dial_timeout" yaml:"dial_timeout"`
+	ReadTimeout       Duration `mapstructure:"read_timeout" yaml:"read_timeout"`
+	WriteTimeout      Duration `mapstructure:"write_timeout" yaml:"write_timeout"`
+	Prefix            string   `mapstructure:"prefix" yaml:"prefix"`
+	ReconcileInterval Duration `mapstructure:"reconcile_interval" yaml:"reconcile_interval"`
 }
 
 type Firewall struct {
-	Backend           string   `mapstructure:"backend"`
-	ReconcileInterval Duration `mapstructure:"reconcile_interval"`
+	Backend           string   `mapstructure:"backend" yaml:"backend"`
+	ReconcileInterval Duration `mapstructure:"reconcile_interval" yaml:"reconcile_interval"`
 }
 
 type Admin struct {
-	Socket string `mapstructure:"socket"`
+	Socket string `mapstructure:"socket" yaml:"socket"`
 }
 
 type Metrics struct {
-	Listen string `mapstructure:"listen"`
+	Listen string `mapstructure:"listen" yaml:"listen"`
 }
 
 type Recidive struct {
-	Window  Duration `mapstructure:"window"`
-	Factor  float64  `mapstructure:"factor"`
-	MaxTime Duration `mapstructure:"maxtime"`
+	Window  Duration `mapstructure:"window" yaml:"window"`
+	Factor  float64  `mapstructure:"factor" yaml:"factor"`
+	MaxTime Duration `mapstructure:"maxtime" yaml:"maxtime"`
 }
 
 type Log struct {
-	Level  string `mapstructure:"level"`
-	Format string `mapstructure:"format"`
+	Level  string `mapstructure:"level" yaml:"level"`
+	Format string `mapstructure:"format" yaml:"format"`
 }
 
 // Jail is one jail's settings (DESIGN.md §3).
 type Jail struct {
-	Enabled           bool     `mapstructure:"enabled"`
-	Events            []string `mapstructure:"events"`
-	Protocols         []string `mapstructure:"protocols"`
-	Key               string   `mapstructure:"key"`
-	MaxRetry          int      `mapstructure:"maxretry"`
-	FindTime          Duration `mapstructure:"findtime"`
-	BanTime           Duration `mapstructure:"bantime"`
-	Action            string   `mapstructure:"action"`
-	Ports             []string `mapstructure:"ports"`
-	DistinctPasswords bool     `mapstructure:"distinct_passwords"`
+	Enabled           bool     `mapstructure:"enabled" yaml:"enabled"`
+	Events            []string `mapstructure:"events" yaml:"events"`
+	Protocols         []string `mapstructure:"protocols" yaml:"protocols"`
+	Key               string   `mapstructure:"key" yaml:"key"`
+	MaxRetry          int      `mapstructure:"maxretry" yaml:"maxretry"`
+	FindTime          Duration `mapstructure:"findtime" yaml:"findtime"`
+	BanTime           Duration `mapstructure:"bantime" yaml:"bantime"`
+	Action            string   `mapstructure:"action" yaml:"action"`
+	Ports             []string `mapstructure:"ports" yaml:"ports"`
+	DistinctPasswords bool     `mapstructure:"distinct_passwords" yaml:"distinct_passwords"`
 }
 
 // Duration is a time.Duration that decodes from Go syntax ("10m", "168h") or

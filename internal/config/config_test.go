@@ -1,6 +1,9 @@
 package config
 
 import (
+	"fmt"
+	"os"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -99,6 +102,27 @@ func TestParseDuration(t *testing.T) {
 		got, err := ParseDuration(tc.in)
 		if (err == nil) != tc.ok || got.D() != tc.want {
 			t.Errorf("ParseDuration(%q) = %v, %v; want %v ok=%v", tc.in, got, err, tc.want, tc.ok)
+		}
+	}
+}
+
+// The example in contrib documents every key with its default: loading it
+// must give exactly the built-in defaults (paths aside).
+func TestExampleIsDefaults(t *testing.T) {
+	ex, err := Load("../../contrib/mailguard.example.yaml", nil)
+	if err != nil {
+		t.Fatalf("contrib/mailguard.example.yaml: %v", err)
+	}
+	def, _ := Load("", nil)
+	ex.StateDir, ex.Admin.Socket = def.StateDir, def.Admin.Socket
+	if got, want := fmt.Sprintf("%+v", ex), fmt.Sprintf("%+v", def); got != want {
+		t.Errorf("example differs from defaults:\nexample  %s\ndefaults %s", got, want)
+	}
+	for _, k := range knownKeys(reflect.TypeOf(Config{}), "") {
+		k = strings.ReplaceAll(k, "*.", "dovecot.")
+		leaf := k[strings.LastIndex(k, ".")+1:]
+		if b, _ := os.ReadFile("../../contrib/mailguard.example.yaml"); !strings.Contains(string(b), leaf+":") {
+			t.Errorf("example does not document %s", k)
 		}
 	}
 }

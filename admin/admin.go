@@ -1,0 +1,220 @@
+// Package admin is the daemon's control socket: a small HTTP+JSON API on a
+// unix socket (mode 0600) that the mailguard CLI uses for status, ban and
+// unban. Only the socket's owner (root, for the packaged daemon) can reach it.
+package admin
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/mailguard/mailguard/guard"
+	"github.com/mailguard/mailguard/store"
+)
+
+// Guard is what the admin API needs from the jail engine.
+type Guard interface {
+	Status(ctx context.Context, jail string) ([]guard.JailStatus, error)
+	Ban(ctx context.Context, target, jail string, d time.Duration) (store.Ban, error)
+	Unban(ctx context.Context, target string) ([]store.Ban, error)
+}
+
+// JailStatus is one jail in a status reply.
+type JailStatus struct {
+	Name        string   `json:"name"`
+	Key         string   `json:"key"`
+	Action      string   `json:"action"`
+	MaxRetry    int      `json:"maxretry"`
+	FindTime    string   `json:"findtime"`
+	BanTime     string   `json:"bantime"`
+	Events      []string `json:"events,omitempty"`
+	Protocols   []string `json:"protocols,omitempty"`
+	Failing     int      `json:"currently_failed"`
+	TotalFailed int64    `json:"total_failed"`
+	TotalBanned int64    `json:"total_banned"`
+	Banned      []Ban    `json:"banned"`
+}
+
+// Ban is one ban in a reply.
+type Ban struct {
+	Jail    string    `json:"jail"`
+	Subject string    `json:"subject"`
+	Created time.Time `json:"created"`
+	Expires time.Time `json:"expires"`
+	Nth     int       `json:"nth"`
+	Reason  string    `json:"reason,omitempty"`
+}
+
+type banRequest struct {
+	Target string `json:"target"`
+	Jail   string `json:"jail,omitempty"`
+	For    string `json:"for,omitempty"`
+}
+
+type errorReply struct {
+	Error string `json:"error"`
+	Code  string `json:"code,omitempty"` // "ignored", "not_found", "invalid"
+}
+
+// Server serves the admin API. Set the fields before ListenAndServe.
+type Server struct {
+	Guard Guard
+	Log   *slog.Logger // nil: slog.Default()
+
+	srv *http.Server
+}
+
+func (s *Server) log() *slog.Logger {
+	if s.Log == nil {
+		return slog.Default()
+	}
+	return s.Log
+}
+
+// Handler returns the API's routes.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /status", s.status)
+	mux.HandleFunc("POST /ban", s.ban)
+	mux.HandleFunc("POST /unban", s.unban)
+	return mux
+}
+
+// Listen creates the socket at path (its directory with mode 0700 if
+// missing, a stale socket removed) with mode 0600.
+func Listen(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("admin: socket directory: %w", err)
+	}
+	if c, err := net.DialTimeout("unix", path, 200*time.Millisecond); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("admin: %s: another mailguard is running", path)
+	}
+	_ = os.Remove(path)
+	old := umask(0o177)
+	l, err := net.Listen("unix", path)
+	umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("admin: listen %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("admin: chmod %s: %w", path, err)
+	}
+	return l, nil
+}
+
+// Serve answers on l until Close.
+func (s *Server) Serve(l net.Listener) error {
+	s.srv = &http.Server{Handler: s.Handler(), ReadTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second}
+	err := s.srv.Serve(l)
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// Close stops the server.
+func (s *Server) Close() error {
+	if s.srv == nil {
+		return nil
+	}
+	return s.srv.Close()
+}
+
+func reply(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func fail(w http.ResponseWriter, code int, kind string, err error) {
+	reply(w, code, errorReply{Error: err.Error(), Code: kind})
+}
+
+func (s *Server) status(w http.ResponseWriter, r *http.Request) {
+	sts, err := s.Guard.Status(r.Context(), r.URL.Query().Get("jail"))
+	if err != nil {
+		fail(w, http.StatusNotFound, "not_found", err)
+		return
+	}
+	out := make([]JailStatus, 0, len(sts))
+	for _, j := range sts {
+		js := JailStatus{
+			Name: j.Name, Key: string(j.Key), Action: string(j.Action), MaxRetry: j.MaxRetry,
+			FindTime: j.FindTime.String(), BanTime: j.BanTime.String(), Events: j.Events, Protocols: j.Protocols,
+			Failing: j.Failing, TotalFailed: j.TotalFailed, TotalBanned: j.TotalBanned, Banned: []Ban{},
+		}
+		for _, b := range j.Banned {
+			js.Banned = append(js.Banned, toBan(b))
+		}
+		out = append(out, js)
+	}
+	reply(w, http.StatusOK, out)
+}
+
+func toBan(b store.Ban) Ban {
+	return Ban{Jail: b.Jail, Subject: b.Subject, Created: b.Created.UTC(), Expires: b.Expires.UTC(), Nth: b.Nth, Reason: b.Reason}
+}
+
+func decode(w http.ResponseWriter, r *http.Request) (banRequest, bool) {
+	var req banRequest
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096)).Decode(&req); err != nil {
+		fail(w, http.StatusBadRequest, "invalid", fmt.Errorf("bad request: %w", err))
+		return req, false
+	}
+	return req, true
+}
+
+func (s *Server) ban(w http.ResponseWriter, r *http.Request) {
+	req, ok := decode(w, r)
+	if !ok {
+		return
+	}
+	var d time.Duration
+	if req.For != "" {
+		var err error
+		if d, err = time.ParseDuration(req.For); err != nil || d <= 0 {
+			fail(w, http.StatusBadRequest, "invalid", fmt.Errorf("--for %q: want a positive duration like 1h", req.For))
+			return
+		}
+	}
+	b, err := s.Guard.Ban(r.Context(), req.Target, req.Jail, d)
+	switch {
+	case errors.Is(err, guard.ErrIgnored):
+		s.log().Warn("ban refused", "key", req.Target, "reason", "ignoreip")
+		fail(w, http.StatusConflict, "ignored", err)
+	case err != nil:
+		fail(w, http.StatusBadRequest, "invalid", err)
+	default:
+		reply(w, http.StatusOK, toBan(b))
+	}
+}
+
+func (s *Server) unban(w http.ResponseWriter, r *http.Request) {
+	req, ok := decode(w, r)
+	if !ok {
+		return
+	}
+	lifted, err := s.Guard.Unban(r.Context(), req.Target)
+	if err != nil {
+		fail(w, http.StatusBadRequest, "invalid", err)
+		return
+	}
+	out := []Ban{}
+	for _, b := range lifted {
+		out = append(out, toBan(b))
+	}
+	if len(out) == 0 {
+		fail(w, http.StatusNotFound, "not_found", fmt.Errorf("%s is not banned", req.Target))
+		return
+	}
+	reply(w, http.StatusOK, out)
+}

@@ -1,0 +1,168 @@
+// Package metrics exposes mailguard's Prometheus metrics on /metrics and its
+// health on /healthz. It implements the small Metrics interfaces that guard
+// and the front ends declare.
+package metrics
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Registry holds the metrics of one daemon.
+type Registry struct {
+	reg         *prometheus.Registry
+	requests    *prometheus.CounterVec
+	latency     *prometheus.HistogramVec
+	badRequests *prometheus.CounterVec
+	failures    *prometheus.CounterVec
+	bans        *prometheus.CounterVec
+	storeErrors *prometheus.CounterVec
+	fwErrors    prometheus.Counter
+}
+
+// New returns a Registry. active, called at scrape time, returns the active
+// bans per jail (nil: the gauge is not exported).
+func New(active func(ctx context.Context) (map[string]int, error)) *Registry {
+	r := &Registry{reg: prometheus.NewRegistry()}
+	r.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "mailguard_requests_total", Help: "Policy requests answered, by front end (postfix, dovecot) and verdict.",
+	}, []string{"frontend", "verdict"})
+	r.latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "mailguard_decision_seconds", Help: "Time from a request read to its answer written, by front end.",
+		Buckets: []float64{.0001, .00025, .0005, .001, .002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
+	}, []string{"frontend"})
+	r.badRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "mailguard_bad_requests_total", Help: "Malformed or refused requests, by front end and reason.",
+	}, []string{"frontend", "reason"})
+	r.failures = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "mailguard_failures_total", Help: "Failures (events) counted, by jail and protocol.",
+	}, []string{"jail", "protocol"})
+	r.bans = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "mailguard_bans_total", Help: "Bans created on this node, by jail.",
+	}, []string{"jail"})
+	r.storeErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "mailguard_store_errors_total", Help: "Store calls that failed or timed out, by front end; answered per store.fail_mode.",
+	}, []string{"frontend"})
+	r.fwErrors = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "mailguard_firewall_errors_total", Help: "Firewall changes that failed (retried at the next reconcile).",
+	})
+	r.reg.MustRegister(r.requests, r.latency, r.badRequests, r.failures, r.bans, r.storeErrors, r.fwErrors,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if active != nil {
+		r.reg.MustRegister(&activeCollector{fn: active, desc: prometheus.NewDesc(
+			"mailguard_bans_active", "Bans in force now, site-wide, by jail.", []string{"jail"}, nil)})
+	}
+	return r
+}
+
+type activeCollector struct {
+	fn   func(ctx context.Context) (map[string]int, error)
+	desc *prometheus.Desc
+}
+
+func (c *activeCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *activeCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	m, err := c.fn(ctx)
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(c.desc, err)
+		return
+	}
+	for jail, n := range m {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(n), jail)
+	}
+}
+
+// Request counts one answered request.
+func (r *Registry) Request(frontend, verdict string, d time.Duration) {
+	r.requests.WithLabelValues(frontend, verdict).Inc()
+	r.latency.WithLabelValues(frontend).Observe(d.Seconds())
+}
+
+// BadRequest counts a malformed request.
+func (r *Registry) BadRequest(frontend, reason string) {
+	r.badRequests.WithLabelValues(frontend, reason).Inc()
+}
+
+// StoreError counts a store failure seen by a front end.
+func (r *Registry) StoreError(frontend string) { r.storeErrors.WithLabelValues(frontend).Inc() }
+
+// Failure counts an event of jail (guard.Metrics).
+func (r *Registry) Failure(jail, protocol string) { r.failures.WithLabelValues(jail, protocol).Inc() }
+
+// Banned counts a ban of jail (guard.Metrics).
+func (r *Registry) Banned(jail string) { r.bans.WithLabelValues(jail).Inc() }
+
+// FirewallError counts a failed firewall change.
+func (r *Registry) FirewallError() { r.fwErrors.Inc() }
+
+// Frontend binds a Registry to one front end's label.
+type Frontend struct {
+	R    *Registry
+	Name string
+}
+
+// Request counts one request of this front end.
+func (f Frontend) Request(verdict string, d time.Duration) { f.R.Request(f.Name, verdict, d) }
+
+// BadRequest counts a malformed request of this front end.
+func (f Frontend) BadRequest(reason string) { f.R.BadRequest(f.Name, reason) }
+
+// StoreError counts a store failure of this front end.
+func (f Frontend) StoreError() { f.R.StoreError(f.Name) }
+
+// Server serves /metrics and /healthz.
+type Server struct {
+	Registry *Registry
+	// Health returns nil when the node works; an error makes /healthz answer
+	// 503 "degraded: ...". Nil: always healthy.
+	Health func(ctx context.Context) error
+
+	srv *http.Server
+}
+
+// Handler returns the routes.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.Registry.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		if s.Health != nil {
+			ctx, cancel := context.WithTimeout(r.Context(), time.Second)
+			defer cancel()
+			if err := s.Health(ctx); err != nil {
+				w.WriteHeader(http.StatusServiceUnavailable)
+				fmt.Fprintf(w, "degraded: %v\n", err)
+				return
+			}
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	return mux
+}
+
+// Serve answers on l until Close.
+func (s *Server) Serve(l net.Listener) error {
+	s.srv = &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 30 * time.Second}
+	if err := s.srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// Close stops the server.
+func (s *Server) Close() error {
+	if s.srv == nil {
+		return nil
+	}
+	return s.srv.Close()
+}
