@@ -1,0 +1,37 @@
+package authhook
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+)
+
+// PasswordHash computes what Dovecot sends as pwhash (%{hashed_password})
+// with auth_policy_hash_mech = sha256: the top bits (auth_policy_hash_truncate;
+// 0 means the whole hash) of SHA-256(nonce || login || 0x00 || password),
+// big-endian, as lowercase hex of ceil(bits/8) bytes. mailguard never needs
+// it to decide anything; tests and tools use it to predict Dovecot's value.
+func PasswordHash(nonce, login, password string, bits int) string {
+	h := sha256.New()
+	h.Write([]byte(nonce))
+	h.Write([]byte(login))
+	h.Write([]byte{0})
+	h.Write([]byte(password))
+	sum := h.Sum(nil)
+	if bits <= 0 || bits >= 8*len(sum) {
+		return hex.EncodeToString(sum)
+	}
+	n := (bits + 7) / 8
+	out := make([]byte, n)
+	copy(out, sum[:n])
+	// Shift the n bytes right so that the value is the top bits as a number.
+	shift := uint(8*n - bits)
+	if shift > 0 {
+		for i := n - 1; i >= 0; i-- {
+			out[i] >>= shift
+			if i > 0 {
+				out[i] |= out[i-1] << (8 - shift)
+			}
+		}
+	}
+	return hex.EncodeToString(out)
+}
