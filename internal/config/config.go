@@ -174,7 +174,7 @@ func Defaults() Config {
 			Listen:       "127.0.0.1:10028",
 			RejectAction: "421 4.7.1 Too many failed attempts from your address, try again later",
 			DeferAction:  "DEFER_IF_PERMIT 4.7.1 Sending rate limit exceeded, try again later",
-			IdleTimeout:  Duration(5 * time.Minute),
+			IdleTimeout:  Duration(6 * time.Minute),
 			MaxConns:     1000,
 		},
 		Dovecot: Dovecot{
