@@ -1,0 +1,151 @@
+// Command mailguard-load measures a running mailguard front end from the
+// same machine. It opens -conns persistent connections to the Postfix policy
+// service, sends realistic requests (a request recorded from Postfix 3.7,
+// with client addresses from the documentation ranges), and prints
+// throughput and latency percentiles.
+//
+//	mailguard-load -policy 127.0.0.1:10028 -conns 32 -duration 10s -clients 500
+//
+// It only talks to loopback addresses and unix sockets, and every run is
+// bounded in time (and, with -requests, in count). Note that requests reach
+// the real guard: with -users the recipients count in the postfix-rate jail,
+// and a client address banned there will be refused.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/signal"
+	"slices"
+	"strings"
+	"time"
+)
+
+const (
+	maxDuration = 5 * time.Minute
+	maxRequests = 10_000_000
+	maxConns    = 1024
+	maxClients  = 1_000_000
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("mailguard-load", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	policy := fs.String("policy", "127.0.0.1:10028", "Postfix policy service: host:port, inet:host:port or unix:/path (loopback only)")
+	conns := fs.Int("conns", 32, fmt.Sprintf("persistent connections (at most %d)", maxConns))
+	requests := fs.Int("requests", 0, fmt.Sprintf("stop after this many requests (at most %d); 0: run for -duration", maxRequests))
+	duration := fs.Duration("duration", 10*time.Second, fmt.Sprintf("stop after this long (at most %v); with -requests, the default is the cap", maxDuration))
+	clients := fs.Int("clients", 256, "distinct client addresses (192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24, then 2001:db8::/32)")
+	users := fs.Int("users", 0, "distinct SASL users sending at RCPT (counted by the rate-limit jail); 0: unauthenticated, as recorded")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	durationSet := false
+	fs.Visit(func(f *flag.Flag) { durationSet = durationSet || f.Name == "duration" })
+	if *requests > 0 && !durationSet {
+		*duration = maxDuration
+	}
+	var errs []string
+	check := func(ok bool, msg string) {
+		if !ok {
+			errs = append(errs, msg)
+		}
+	}
+	check(fs.NArg() == 0, "unexpected arguments: "+strings.Join(fs.Args(), " "))
+	check(*conns >= 1 && *conns <= maxConns, fmt.Sprintf("-conns must be 1..%d", maxConns))
+	check(*requests >= 0 && *requests <= maxRequests, fmt.Sprintf("-requests must be 0..%d", maxRequests))
+	check(*duration > 0 && *duration <= maxDuration, fmt.Sprintf("-duration must be more than 0 and at most %v", maxDuration))
+	check(*clients >= 1 && *clients <= maxClients, fmt.Sprintf("-clients must be 1..%d", maxClients))
+	check(*users >= 0 && *users <= maxClients, fmt.Sprintf("-users must be 0..%d", maxClients))
+	network, addr, err := loopbackTarget(ctx, *policy)
+	if err != nil {
+		errs = append(errs, err.Error())
+	}
+	if len(errs) > 0 {
+		fmt.Fprintln(stderr, "mailguard-load: "+strings.Join(errs, "\nmailguard-load: "))
+		return 2
+	}
+
+	load, err := newPostfixLoad(network, addr, *clients, *users)
+	if err != nil {
+		fmt.Fprintln(stderr, "mailguard-load:", err)
+		return 1
+	}
+	r := &runner{conns: *conns, requests: *requests, duration: *duration, open: load.open}
+	res := r.run(ctx)
+	report(stdout, fmt.Sprintf("%s %s (postfix policy)", network, addr), *conns, res)
+	if res.firstErr != nil {
+		fmt.Fprintf(stderr, "mailguard-load: %d errors, first: %v\n", res.errs, res.firstErr)
+		return 1
+	}
+	return 0
+}
+
+// loopbackTarget checks that addr names this machine: a unix socket, or a
+// loopback IP (or "localhost", resolved, every address loopback). It returns
+// what to dial, resolved, so the dial cannot go anywhere else.
+func loopbackTarget(ctx context.Context, addr string) (network, address string, err error) {
+	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
+		if path == "" {
+			return "", "", errors.New("-policy unix: needs a socket path")
+		}
+		return "unix", path, nil
+	}
+	host, port, err := net.SplitHostPort(strings.TrimPrefix(addr, "inet:"))
+	if err != nil {
+		return "", "", fmt.Errorf("-policy %q: %w", addr, err)
+	}
+	var ips []netip.Addr
+	if ip, err := netip.ParseAddr(host); err == nil {
+		ips = []netip.Addr{ip}
+	} else if host == "localhost" {
+		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		if ips, err = net.DefaultResolver.LookupNetIP(ctx, "ip", host); err != nil {
+			return "", "", fmt.Errorf("-policy %q: %w", addr, err)
+		}
+	} else {
+		return "", "", fmt.Errorf("-policy %q: give a loopback IP address, localhost or unix:/path", addr)
+	}
+	if len(ips) == 0 || slices.ContainsFunc(ips, func(ip netip.Addr) bool { return !ip.Unmap().IsLoopback() }) {
+		return "", "", fmt.Errorf("-policy %q: refusing a target that is not loopback", addr)
+	}
+	return "tcp", net.JoinHostPort(ips[0].Unmap().String(), port), nil
+}
+
+func report(w io.Writer, target string, conns int, res *result) {
+	secs := res.elapsed.Seconds()
+	fmt.Fprintf(w, "target      %s, %d connections\n", target, conns)
+	fmt.Fprintf(w, "requests    %d answered in %.2fs, %d errors\n", res.sent, secs, res.errs)
+	if secs > 0 {
+		fmt.Fprintf(w, "throughput  %.0f req/s\n", float64(res.sent)/secs)
+	}
+	h := &res.lat
+	fmt.Fprintf(w, "latency     p50 %v  p90 %v  p99 %v  max %v\n",
+		round(h.quantile(0.5)), round(h.quantile(0.9)), round(h.quantile(0.99)), round(h.max))
+	var labels []string
+	for l, n := range res.labels {
+		labels = append(labels, fmt.Sprintf("%s %d", l, n))
+	}
+	slices.Sort(labels)
+	fmt.Fprintf(w, "answers     %s\n", strings.Join(labels, ", "))
+}
+
+func round(d time.Duration) time.Duration {
+	if d > time.Millisecond {
+		return d.Round(10 * time.Microsecond)
+	}
+	return d.Round(time.Microsecond)
+}
