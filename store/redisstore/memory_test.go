@@ -1,0 +1,120 @@
+package redisstore_test
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/mailguard/mailguard/store"
+	"github.com/mailguard/mailguard/store/redisstore"
+	"github.com/mailguard/mailguard/store/redisstore/redistest"
+)
+
+const tracked = 100_000
+
+func usedMemory(t *testing.T, c *redis.Client) int64 {
+	t.Helper()
+	info, err := c.Info(context.Background(), "memory").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(info, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "used_memory:"); ok {
+			n, _ := strconv.ParseInt(v, 10, 64)
+			return n
+		}
+	}
+	t.Fatal("no used_memory in INFO memory")
+	return 0
+}
+
+func memoryUsage(t *testing.T, c *redis.Client, key string) int64 {
+	t.Helper()
+	n, err := c.MemoryUsage(context.Background(), key, 0).Result()
+	if err != nil {
+		t.Fatalf("MEMORY USAGE %s: %v", key, err)
+	}
+	return n
+}
+
+// parallel runs fn(i) for i in [0, n) on 16 goroutines.
+func parallel(t *testing.T, n int, fn func(i int) error) {
+	t.Helper()
+	var wg sync.WaitGroup
+	var once sync.Once
+	for w := range 16 {
+		wg.Go(func() {
+			for i := w; i < n; i += 16 {
+				if err := fn(i); err != nil {
+					once.Do(func() { t.Errorf("call %d: %v", i, err) })
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// TestMemoryPerAddress measures what Redis spends per tracked address (one
+// failure in a window) and per ban, at 100,000 of each, with the default
+// prefix and realistic subjects. It logs the figures and fails only if they
+// are far off the measured ones (a schema change that bloats keys).
+func TestMemoryPerAddress(t *testing.T) {
+	if testing.Short() {
+		t.Skip("200,000 calls")
+	}
+	addr := redistest.Start(t)
+	clk := newClock()
+	s := open(t, redisstore.Options{Addrs: []string{addr}, Now: clk.Now, Node: "mx1"})
+	admin := redis.NewClient(&redis.Options{Addr: addr})
+	defer admin.Close()
+	ctx := context.Background()
+	subject := func(i int) string { return fmt.Sprintf("net:10.%d.%d.%d/32", i>>16&255, i>>8&255, i&255) }
+	if _, err := s.Hit(ctx, store.Hit{Jail: "warm", Subject: "x", Span: time.Minute, MaxRetry: 9}); err != nil {
+		t.Fatal(err)
+	}
+
+	start, base := time.Now(), usedMemory(t, admin)
+	parallel(t, tracked, func(i int) error {
+		_, err := s.Hit(ctx, store.Hit{Jail: "dovecot", Subject: subject(i), Span: 10 * time.Minute, MaxRetry: 5, BanTime: time.Hour})
+		return err
+	})
+	perAddr := (usedMemory(t, admin) - base) / tracked
+	window := memoryUsage(t, admin, "mailguard:{mailguard}:w:dovecot|"+subject(1))
+	index := memoryUsage(t, admin, "mailguard:{mailguard}:f:dovecot")
+	t.Logf("%d tracked addresses in %v: %d bytes each (used_memory delta); MEMORY USAGE: window key %d, failing index %d/address",
+		tracked, time.Since(start).Round(time.Millisecond), perAddr, window, index/tracked)
+
+	rec := store.Recidive{Window: 24 * time.Hour, Factor: 2, MaxTime: 24 * time.Hour}
+	start, base = time.Now(), usedMemory(t, admin)
+	parallel(t, tracked, func(i int) error {
+		r, err := s.Hit(ctx, store.Hit{Jail: "postfix", Subject: subject(i + tracked), Span: 10 * time.Minute, MaxRetry: 1,
+			BanTime: time.Hour, Recidive: rec, Reason: "smtp-abuse smtp"})
+		if err == nil && r.Ban == nil {
+			err = fmt.Errorf("no ban")
+		}
+		return err
+	})
+	perBan := (usedMemory(t, admin) - base) / tracked
+	ban := memoryUsage(t, admin, "mailguard:{mailguard}:b:"+subject(1+tracked))
+	hist := memoryUsage(t, admin, "mailguard:{mailguard}:r:postfix|"+subject(1+tracked))
+	bx := memoryUsage(t, admin, "mailguard:{mailguard}:bx")
+	stream := memoryUsage(t, admin, "mailguard:{mailguard}:ev")
+	xlen, _ := admin.XLen(ctx, "mailguard:{mailguard}:ev").Result()
+	t.Logf("%d bans in %v: %d bytes each (used_memory delta); MEMORY USAGE: ban hash %d, recidive history %d, ban index %d/ban, event stream %d in all (%d entries, bounded)",
+		tracked, time.Since(start).Round(time.Millisecond), perBan, ban, hist, bx/tracked, stream, xlen)
+
+	bans, err := s.Bans(ctx)
+	if err != nil || len(bans) != tracked {
+		t.Errorf("Bans() = %d bans, %v; want %d", len(bans), err, tracked)
+	}
+	if perAddr > 400 || perBan > 800 {
+		t.Errorf("memory per address %d B or per ban %d B is far above the measured ~200/~400", perAddr, perBan)
+	}
+}
