@@ -1,0 +1,282 @@
+package firewall
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mailguard/mailguard/internal/testenv"
+)
+
+// TestMeasure prints the figures of the README: how fast a ban is in force,
+// what 100,000 bans cost, and what they do to connection latency, for each
+// backend. It runs only with MAILGUARD_FW_MEASURE=1 (about two minutes);
+// every loop is bounded.
+func TestMeasure(t *testing.T) {
+	if os.Getenv("MAILGUARD_FW_MEASURE") != "1" {
+		t.Skip("set MAILGUARD_FW_MEASURE=1 to measure")
+	}
+	testenv.Root(t)
+	t.Run("nftables", measureNFT)
+	t.Run("ipset", func(t *testing.T) { measureIPT(t, false) })
+	t.Run("iptables-rules", func(t *testing.T) { measureIPT(t, true) })
+}
+
+var mailGroup = []uint16{110, 143, 465, 587, 993, 995}
+
+// manyEntries returns n bans, half IPv4 /32 in 100.64.0.0/10, half IPv6 /64
+// in 2001:db8::/32; none covers the test clients.
+func manyEntries(n int, exp time.Time) []Entry {
+	es := make([]Entry, 0, n)
+	for i := range n {
+		var p netip.Prefix
+		if i%2 == 0 {
+			j := i / 2
+			p = netip.PrefixFrom(netip.AddrFrom4([4]byte{100, 64 + byte(j>>16&0x3f), byte(j >> 8), byte(j)}), 32)
+		} else {
+			j := i / 2
+			p = netip.PrefixFrom(netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, byte(j >> 24), byte(j >> 16), byte(j >> 8), byte(j)}), 64)
+		}
+		es = append(es, Entry{Prefix: p, Ports: mailGroup, Expires: exp})
+	}
+	return es
+}
+
+func pct(ds []time.Duration, p float64) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[min(len(s)-1, int(float64(len(s))*p))]
+}
+
+func summary(ds []time.Duration) string {
+	return fmt.Sprintf("p50 %v p99 %v max %v (n=%d)", pct(ds, .5).Round(time.Microsecond), pct(ds, .99).Round(time.Microsecond), pct(ds, 1).Round(time.Microsecond), len(ds))
+}
+
+// addLatency times n Adds of single fresh bans (each on its own batch).
+func addLatency(t *testing.T, b Backend, n int, base int) []time.Duration {
+	ctx := testCtx(t)
+	exp := time.Now().Add(time.Hour)
+	var ds []time.Duration
+	for i := range n {
+		e := Entry{Prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, byte((base + i) >> 8), byte(base + i)}), 32), Ports: mailGroup, Expires: exp}
+		start := time.Now()
+		if err := b.Add(ctx, []Entry{e}); err != nil {
+			t.Fatalf("Add: %v", err)
+		}
+		ds = append(ds, time.Since(start))
+	}
+	return ds
+}
+
+// inForce checks, a few times, that the client's first connection after Add
+// returns is dropped: the ban is in force when Add returns.
+func inForce(t *testing.T, n *testNet, b Backend, rounds int) {
+	ctx := testCtx(t)
+	e := Entry{Prefix: pfx("10.200.0.2/32"), Ports: mailGroup, Expires: time.Now().Add(time.Hour)}
+	var ds []time.Duration
+	for range rounds {
+		start := time.Now()
+		if err := b.Add(ctx, []Entry{e}); err != nil {
+			t.Fatal(err)
+		}
+		ds = append(ds, time.Since(start))
+		n.wantBlocked(t, cli4, mailPort)
+		if err := b.Remove(ctx, []Entry{e}); err != nil {
+			t.Fatal(err)
+		}
+		n.wantOpen(t, cli4, mailPort)
+	}
+	t.Logf("ban in force on return from Add, %d/%d rounds: Add %s", rounds, rounds, summary(ds))
+}
+
+// connectLatency times n TCP handshakes of an allowed client to the mail port.
+func connectLatency(t *testing.T, n *testNet, count int) string {
+	var ds []time.Duration
+	for range count {
+		start := time.Now()
+		if err := n.dial(cli6b, mailPort, 2*time.Second); err != nil {
+			t.Fatalf("allowed client: %v", err)
+		}
+		ds = append(ds, time.Since(start))
+	}
+	return summary(ds)
+}
+
+func meminfo(t *testing.T) map[string]int64 {
+	f, err := os.Open("/proc/meminfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	m := map[string]int64{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		k, v, _ := strings.Cut(sc.Text(), ":")
+		n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+		m[k] = n
+	}
+	return m
+}
+
+func rssKB(t *testing.T) int64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for l := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+			n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return n
+		}
+	}
+	return 0
+}
+
+func measureNFT(t *testing.T) {
+	n := newTestNet(t)
+	b, err := NewNFTables(testCtx(t), Options{NetNS: n.serverPath, Log: testLog(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	t.Logf("connect, 0 bans: %s", connectLatency(t, n, 300))
+	inForce(t, n, b, 20)
+	t.Logf("Add (one ban, one batch), 0..1000 bans held: %s", summary(addLatency(t, b, 1000, 0)))
+	if got, err := b.List(testCtx(t)); err != nil || len(got) != 1000 {
+		t.Fatalf("List after 1000 Adds = %d entries, %v", len(got), err)
+	}
+
+	const big = 100_000
+	es := manyEntries(big, time.Now().Add(time.Hour))
+	runtime.GC()
+	m0, r0 := meminfo(t), rssKB(t)
+	start := time.Now()
+	if err := b.Sync(testCtx(t), es); err != nil {
+		t.Fatalf("Sync %d: %v", big, err)
+	}
+	took := time.Since(start)
+	time.Sleep(time.Second) // let the kernel settle its slabs
+	m1, r1 := meminfo(t), rssKB(t)
+	es = nil
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	t.Logf("Sync of %d bans (one batch): %v; kernel Slab +%d MB, MemAvailable −%d MB; process RSS %d → %d MB, Go heap in use after GC %d MB",
+		big, took.Round(time.Millisecond), (m1["Slab"]-m0["Slab"])>>10, (m0["MemAvailable"]-m1["MemAvailable"])>>10, r0>>10, r1>>10, ms.HeapInuse>>20)
+	es = manyEntries(big, time.Now().Add(time.Hour))
+	start = time.Now()
+	got, err := b.List(testCtx(t))
+	if err != nil || len(got) != big {
+		t.Fatalf("List = %d entries, %v; want %d", len(got), err, big)
+	}
+	t.Logf("List of %d bans: %v", big, time.Since(start).Round(time.Millisecond))
+	start = time.Now()
+	if err := b.Sync(testCtx(t), es); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("Sync of %d bans, nothing to change: %v", big, time.Since(start).Round(time.Millisecond))
+	t.Logf("connect, %d bans: %s", big, connectLatency(t, n, 300))
+	inForce(t, n, b, 10)
+	t.Logf("Add (one ban, one batch), %d bans held: %s", big, summary(addLatency(t, b, 1000, 1000)))
+	if err := b.Flush(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// preloadRules writes count rule-per-ban rules the way the backend does, with
+// one iptables-restore (the backend appends one rule per exec, which would
+// take minutes to set up the larger sizes).
+func preloadRules(t *testing.T, n *testNet, es []Entry) {
+	var v4, v6 bytes.Buffer
+	v4.WriteString("*filter\n")
+	v6.WriteString("*filter\n")
+	for _, e := range es {
+		for _, r := range rulesFor(e) {
+			w := &v4
+			if e.Prefix.Addr().Is6() {
+				w = &v6
+			}
+			fmt.Fprintf(w, "-A %s", iptChain)
+			for _, a := range r.args() {
+				if strings.ContainsAny(a, " :") {
+					a = `"` + a + `"`
+				}
+				fmt.Fprintf(w, " %s", a)
+			}
+			w.WriteByte('\n')
+		}
+	}
+	v4.WriteString("COMMIT\n")
+	v6.WriteString("COMMIT\n")
+	for cmd, in := range map[string]*bytes.Buffer{"iptables-restore": &v4, "ip6tables-restore": &v6} {
+		c := exec.Command("ip", "netns", "exec", n.server, cmd, "--noflush")
+		c.Stdin = in
+		if out, err := c.CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v\n%s", cmd, err, out)
+		}
+	}
+}
+
+func measureIPT(t *testing.T, rules bool) {
+	n := newTestNet(t)
+	testenv.Command(t, "iptables-restore")
+	b, err := NewIPTables(testCtx(t), Options{NetNS: n.serverPath, NoIPSet: rules, Log: testLog(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	t.Logf("connect, 0 bans: %s", connectLatency(t, n, 300))
+	inForce(t, n, b, 10)
+	t.Logf("Add, about 0 bans held: %s", summary(addLatency(t, b, 100, 0)))
+	sizes := []int{100_000}
+	if rules {
+		sizes = []int{1000, 10_000, 50_000}
+	}
+	held := 0
+	for _, size := range sizes {
+		es := manyEntries(size, time.Now().Add(time.Hour))[held:]
+		start := time.Now()
+		if rules {
+			preloadRules(t, n, es)
+			t.Logf("preloaded %d rules with iptables-restore: %v", size-held, time.Since(start).Round(time.Millisecond))
+		} else {
+			runtime.GC()
+			m0 := meminfo(t)
+			if err := b.Sync(testCtx(t), es); err != nil {
+				t.Fatalf("Sync: %v", err)
+			}
+			time.Sleep(time.Second)
+			m1 := meminfo(t)
+			t.Logf("Sync of %d bans into ipsets: %v; kernel Slab +%d MB, MemAvailable −%d MB",
+				size, time.Since(start).Round(time.Millisecond), (m1["Slab"]-m0["Slab"])>>10, (m0["MemAvailable"]-m1["MemAvailable"])>>10)
+		}
+		held = size
+		t.Logf("connect, %d bans: %s", size, connectLatency(t, n, 200))
+		start = time.Now()
+		got, err := b.List(testCtx(t))
+		if err != nil || len(got) < size {
+			t.Fatalf("List = %d entries, %v; want %d", len(got), err, size)
+		}
+		t.Logf("List of %d bans: %v", size, time.Since(start).Round(time.Millisecond))
+		ds := addLatency(t, b, 10, 2000+size%1000)
+		t.Logf("Add, %d bans held: %s", size, summary(ds))
+		if pct(ds, .5) > 5*time.Second {
+			t.Logf("stopping: an Add takes over 5s")
+			break
+		}
+	}
+	start := time.Now()
+	if err := b.Flush(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("Flush: %v", time.Since(start).Round(time.Millisecond))
+}

@@ -1,0 +1,34 @@
+package firewall
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/mailguard/mailguard/internal/testenv"
+)
+
+func TestNFTables(t *testing.T) {
+	testenv.Root(t)
+	testBackend(t, harness{
+		name: NameNFTables,
+		open: func(t *testing.T, n *testNet) Backend {
+			b, err := NewNFTables(testCtx(t), Options{NetNS: n.serverPath, Log: testLog(t)})
+			if err != nil {
+				t.Fatalf("NewNFTables: %v", err)
+			}
+			t.Cleanup(func() { b.Close() })
+			return b
+		},
+		breakByHand: func(t *testing.T, n *testNet) {
+			testenv.Command(t, "nft")
+			for _, set := range []string{"ban4_32_p25_465_587_993_995", "ban6_64_p25_465_587_993_995"} {
+				n.nsRun(t, "nft", "flush", "set", "inet", "mailguard", set)
+			}
+		},
+		dump: func(t *testing.T, n *testNet) string { return n.nsRun(t, "nft", "list", "ruleset") },
+		gone: func(t *testing.T, n *testNet) bool {
+			testenv.Command(t, "nft")
+			return !strings.Contains(n.nsRun(t, "nft", "list", "ruleset"), "mailguard")
+		},
+	})
+}
