@@ -25,7 +25,8 @@ type Registry struct {
 	failures    *prometheus.CounterVec
 	bans        *prometheus.CounterVec
 	storeErrors *prometheus.CounterVec
-	fwErrors    prometheus.Counter
+	fwErrors    *prometheus.CounterVec
+	fwEntries   prometheus.Gauge
 }
 
 // New returns a Registry. active, called at scrape time, returns the active
@@ -51,10 +52,13 @@ func New(active func(ctx context.Context) (map[string]int, error)) *Registry {
 	r.storeErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "mailguard_store_errors_total", Help: "Store calls that failed or timed out, by front end; answered per store.fail_mode.",
 	}, []string{"frontend"})
-	r.fwErrors = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "mailguard_firewall_errors_total", Help: "Firewall changes that failed (retried at the next reconcile).",
+	r.fwErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "mailguard_firewall_errors_total", Help: "Firewall operations that failed, by operation (add, remove, sync, watch); retried at the next reconcile.",
+	}, []string{"op"})
+	r.fwEntries = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "mailguard_firewall_entries", Help: "Kernel firewall entries after the last reconcile.",
 	})
-	r.reg.MustRegister(r.requests, r.latency, r.badRequests, r.failures, r.bans, r.storeErrors, r.fwErrors,
+	r.reg.MustRegister(r.requests, r.latency, r.badRequests, r.failures, r.bans, r.storeErrors, r.fwErrors, r.fwEntries,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if active != nil {
 		r.reg.MustRegister(&activeCollector{fn: active, desc: prometheus.NewDesc(
@@ -103,8 +107,11 @@ func (r *Registry) Failure(jail, protocol string) { r.failures.WithLabelValues(j
 // Banned counts a ban of jail (guard.Metrics).
 func (r *Registry) Banned(jail string) { r.bans.WithLabelValues(jail).Inc() }
 
-// FirewallError counts a failed firewall change.
-func (r *Registry) FirewallError() { r.fwErrors.Inc() }
+// FirewallError counts a failed firewall operation (guard.EnforcerMetrics).
+func (r *Registry) FirewallError(op string) { r.fwErrors.WithLabelValues(op).Inc() }
+
+// FirewallEntries records the entries of the last reconcile (guard.EnforcerMetrics).
+func (r *Registry) FirewallEntries(n int) { r.fwEntries.Set(float64(n)) }
 
 // Frontend binds a Registry to one front end's label.
 type Frontend struct {

@@ -1,0 +1,129 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/mailguard/mailguard/admin"
+)
+
+func statusCmd(g *globals) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status [JAIL]",
+		Short: "show jails, failures and bans (like fail2ban-client status)",
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) > 1 {
+				return &exitError{exitUsage, fmt.Errorf("status takes at most one jail")}
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			jail := ""
+			if len(args) == 1 {
+				jail = args[0]
+			}
+			sts, err := c.Status(cmd.Context(), jail)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				e := json.NewEncoder(cmd.OutOrStdout())
+				e.SetIndent("", "  ")
+				return e.Encode(sts)
+			}
+			admin.PrintStatus(cmd.OutOrStdout(), sts, time.Now())
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func banCmd(g *globals) *cobra.Command {
+	var jail string
+	var d time.Duration
+	cmd := &cobra.Command{
+		Use:   "ban IP|PREFIX|USER",
+		Short: "ban an address, prefix or login on every node",
+		Args:  usageArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			b, err := c.Ban(cmd.Context(), args[0], jail, d)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "banned %s in jail %s until %s\n", admin.Target(b.Subject), b.Jail, b.Expires.Local().Format(time.RFC3339))
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&jail, "jail", "", "jail to ban in (default: manual, firewalled on every jail's ports)")
+	cmd.Flags().DurationVar(&d, "for", 0, "ban duration (default: the jail's bantime, 1h for manual)")
+	return cmd
+}
+
+func unbanCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "unban IP|PREFIX|USER",
+		Short: "lift every ban on an address, prefix or login, on every node",
+		Args:  usageArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			lifted, err := c.Unban(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			var jails []string
+			for _, b := range lifted {
+				jails = append(jails, b.Jail)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "unbanned %s (jails: %s)\n", args[0], strings.Join(jails, ", "))
+			return nil
+		},
+	}
+}
+
+func checkConfigCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "check-config",
+		Short: "validate the configuration and print the effective config",
+		Args:  usageArgs(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := g.load()
+			if err != nil {
+				return err
+			}
+			if c.Store.Redis.Password != "" {
+				c.Store.Redis.Password = "(set)"
+			}
+			if u, err := url.Parse(c.Store.Redis.URL); err == nil && u.User != nil {
+				if _, ok := u.User.Password(); ok {
+					u.User = url.UserPassword(u.User.Username(), "xxxxx")
+					c.Store.Redis.URL = u.String()
+				}
+			}
+			out, err := yaml.Marshal(c)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "# configuration is valid\n%s", out)
+			return nil
+		},
+	}
+}

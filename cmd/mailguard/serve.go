@@ -1,0 +1,238 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"sync"
+
+	"github.com/spf13/cobra"
+
+	"github.com/mailguard/mailguard/admin"
+	"github.com/mailguard/mailguard/authhook"
+	"github.com/mailguard/mailguard/guard"
+	"github.com/mailguard/mailguard/internal/config"
+	"github.com/mailguard/mailguard/metrics"
+	"github.com/mailguard/mailguard/policyd"
+	"github.com/mailguard/mailguard/store"
+	"github.com/mailguard/mailguard/store/memstore"
+	"github.com/mailguard/mailguard/store/redisstore"
+)
+
+func serveCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "serve",
+		Short: "run the daemon",
+		Args:  usageArgs(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := g.load()
+			if err != nil {
+				return err
+			}
+			if g.socket != "" {
+				c.Admin.Socket = g.socket
+			}
+			return serve(cmd.Context(), c, newLogger(c.Log))
+		},
+	}
+}
+
+func newLogger(c config.Log) *slog.Logger {
+	var lvl slog.Level
+	_ = lvl.UnmarshalText([]byte(c.Level))
+	opts := &slog.HandlerOptions{Level: lvl}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+}
+
+// jails turns the enabled jails of c into guard's.
+func jails(c config.Config) []guard.Jail {
+	var out []guard.Jail
+	for name, j := range c.Jails {
+		if !j.Enabled {
+			continue
+		}
+		gj := guard.Jail{
+			Name: name, Events: j.Events, Protocols: j.Protocols, Key: guard.Key(j.Key),
+			MaxRetry: j.MaxRetry, FindTime: j.FindTime.D(), BanTime: j.BanTime.D(),
+			Action: guard.Action(j.Action), DistinctPasswords: j.DistinctPasswords,
+		}
+		for _, p := range j.Ports {
+			n, _ := config.ParsePort(p) // validated
+			gj.Ports = append(gj.Ports, n)
+		}
+		for i, p := range gj.Protocols {
+			gj.Protocols[i] = strings.ToLower(p)
+		}
+		out = append(out, gj)
+	}
+	return out
+}
+
+func openStore(ctx context.Context, c config.Config, log *slog.Logger) (store.Store, error) {
+	switch c.Store.Backend {
+	case "redis":
+		r := c.Store.Redis
+		host, _ := os.Hostname()
+		return redisstore.Open(ctx, redisstore.Options{
+			URL: r.URL, Addrs: r.Addrs, MasterName: r.MasterName, Username: r.Username, Password: r.Password,
+			PoolSize: r.PoolSize, DialTimeout: r.DialTimeout.D(), ReadTimeout: r.ReadTimeout.D(),
+			WriteTimeout: r.WriteTimeout.D(), Prefix: r.Prefix, Log: log, Node: host,
+		})
+	default:
+		if err := os.MkdirAll(c.StateDir, 0o700); err != nil {
+			return nil, fmt.Errorf("state_dir: %w", err)
+		}
+		return memstore.Open(memstore.Options{Dir: c.StateDir, Log: log})
+	}
+}
+
+// serve runs the daemon until ctx ends.
+func serve(ctx context.Context, c config.Config, log *slog.Logger) error {
+	ignore, _ := config.ParseIgnore(c.IgnoreIP) // validated
+	st, err := openStore(ctx, c, log)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+
+	var g *guard.Guard
+	reg := metrics.New(func(ctx context.Context) (map[string]int, error) {
+		bans, err := st.Bans(ctx)
+		if err != nil {
+			return nil, err
+		}
+		m := map[string]int{}
+		for _, j := range g.Jails() {
+			m[j.Name] = 0
+		}
+		for _, b := range bans {
+			m[b.Jail]++
+		}
+		return m, nil
+	})
+	g, err = guard.New(st, guard.Config{
+		Jails: jails(c), Ignore: ignore, Prefixes: guard.Prefixes{IPv4: c.Prefix.IPv4, IPv6: c.Prefix.IPv6},
+		Recidive:       store.Recidive{Window: c.Recidive.Window.D(), Factor: c.Recidive.Factor, MaxTime: c.Recidive.MaxTime.D()},
+		KnownDeviceTTL: c.KnownDeviceTTL.D(), Log: log, Metrics: reg,
+	})
+	if err != nil {
+		return err
+	}
+
+	failOpen := c.Store.FailMode == "open"
+	pf := &policyd.Server{
+		Guard: g, RejectAction: c.Postfix.RejectAction, DeferAction: c.Postfix.DeferAction,
+		FailOpen: failOpen, Timeout: c.Store.Timeout.D(), IdleTimeout: c.Postfix.IdleTimeout.D(),
+		MaxConns: c.Postfix.MaxConns, Log: log.With("frontend", "postfix"),
+		Metrics: metrics.Frontend{R: reg, Name: "postfix"},
+	}
+	dv := &authhook.Server{
+		Guard: g, APIHeader: c.Dovecot.APIHeader, RejectMsg: c.Dovecot.RejectMsg,
+		Tarpit:   authhook.Tarpit{Start: c.Dovecot.Tarpit.Start, Base: c.Dovecot.Tarpit.Base.D(), Max: c.Dovecot.Tarpit.Max.D()},
+		FailOpen: failOpen, Timeout: c.Store.Timeout.D(), MaxConns: c.Dovecot.MaxConns,
+		Log: log.With("frontend", "dovecot"), Metrics: metrics.Frontend{R: reg, Name: "dovecot"},
+	}
+	adm := &admin.Server{Guard: g, Log: log}
+	ms := &metrics.Server{Registry: reg, Health: health(st)}
+
+	// Bind every listener before serving: a taken port stops the start
+	// with a clear error instead of a half-running daemon.
+	var listeners []net.Listener
+	closeAll := func() {
+		for _, l := range listeners {
+			l.Close()
+		}
+	}
+	listen := func(key string, f func() (net.Listener, error)) (net.Listener, error) {
+		l, err := f()
+		if err != nil {
+			closeAll()
+			return nil, fmt.Errorf("%s: %w", key, err)
+		}
+		listeners = append(listeners, l)
+		return l, nil
+	}
+	pfL, err := listen("postfix.listen", func() (net.Listener, error) { return policyd.Listen(c.Postfix.Listen, 0o666) })
+	if err != nil {
+		return err
+	}
+	dvL, err := listen("dovecot.listen", func() (net.Listener, error) { return authhook.Listen(c.Dovecot.Listen) })
+	if err != nil {
+		return err
+	}
+	adminL, err := listen("admin.socket", func() (net.Listener, error) { return admin.Listen(c.Admin.Socket) })
+	if err != nil {
+		return err
+	}
+	var metricsL net.Listener
+	if c.Metrics.Listen != "" {
+		if metricsL, err = listen("metrics.listen", func() (net.Listener, error) { return net.Listen("tcp", c.Metrics.Listen) }); err != nil {
+			return err
+		}
+	}
+
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var wg sync.WaitGroup
+	run := func(name string, f func() error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(); err != nil && ctx.Err() == nil {
+				cancel(fmt.Errorf("%s: %w", name, err))
+			}
+		}()
+	}
+	stopFW, err := startFirewall(ctx, c, g, st, reg, log, run)
+	if err != nil {
+		closeAll()
+		return err
+	}
+	run("postfix.listen", func() error { return pf.Serve(pfL) })
+	run("dovecot.listen", func() error { return dv.Serve(dvL) })
+	run("admin.socket", func() error { return adm.Serve(adminL) })
+	if metricsL != nil {
+		run("metrics.listen", func() error { return ms.Serve(metricsL) })
+	}
+
+	log.Info("mailguard started", "version", Version, "postfix", c.Postfix.Listen, "dovecot", c.Dovecot.Listen,
+		"admin", c.Admin.Socket, "metrics", c.Metrics.Listen, "store", c.Store.Backend, "state_dir", c.StateDir,
+		"firewall", c.Firewall.Backend, "jails", len(g.Jails()))
+	<-ctx.Done()
+	cause := context.Cause(ctx)
+	log.Info("mailguard stopping", "reason", cause)
+	pf.Close()
+	dv.Close()
+	adm.Close()
+	ms.Close()
+	if stopFW != nil {
+		stopFW()
+	}
+	wg.Wait()
+	os.Remove(c.Admin.Socket)
+	if errors.Is(cause, context.Canceled) {
+		return nil
+	}
+	return cause
+}
+
+// health reports the store's health for /healthz when the store can tell.
+func health(st store.Store) func(context.Context) error {
+	p, ok := st.(interface{ Ping(context.Context) error })
+	if !ok {
+		return nil
+	}
+	return func(ctx context.Context) error {
+		if err := p.Ping(ctx); err != nil {
+			return fmt.Errorf("store: %w", err)
+		}
+		return nil
+	}
+}
