@@ -96,6 +96,13 @@ service auth {
     mode = 0666
   }
 }
+# No anvil auth penalty (it delays repeated failures from one address by up
+# to 15s): mailguard's tarpit is what is under test.
+service anvil {
+  unix_listener anvil-auth-penalty {
+    mode = 0
+  }
+}
 auth_policy_server_url = %[4]s
 auth_policy_hash_nonce = e2e-nonce
 auth_policy_server_api_header = %[6]s

@@ -94,3 +94,42 @@ func TestPostfixSASLViaDovecot(t *testing.T) {
 		t.Fatalf("RCPT from banned %s = %q closed=%v, want 421 and disconnect", attacker, r, closed)
 	}
 }
+
+// `mailguard simulate` against the real servers: three wrong logins, then
+// mailguard refuses, and the tool says at which attempt.
+func TestSimulate(t *testing.T) {
+	d := loginDaemon(t)
+	dv := StartDovecot(t, "http://"+d.Dovecot+"/")
+	pf := StartPostfix(t, d.Postfix, "smtpd_sasl_auth_enable = yes\nsmtpd_sasl_type = dovecot\nsmtpd_sasl_path = "+dv.AuthSocket+"\nsmtpd_tls_security_level = none\n")
+	for _, tc := range []struct{ proto, target, src, user, refusal string }{
+		{"imap", dv.IMAP, "127.0.0.40", "bob@example.org", "NO [ALERT] " + rejectMsg},
+		{"pop3", dv.POP3, "127.0.0.41", "carol@example.org", rejectMsg},
+		{"smtp", pf.Addr, "127.0.0.42", "dave@example.org", "535 5.7.8"},
+	} {
+		out := d.MustCLI("simulate", "--target", tc.target, "--protocol", tc.proto, "--user", tc.user,
+			"--attempts", "5", "--source", tc.src, "--reject-msg", rejectMsg)
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		if len(lines) != 7 {
+			t.Fatalf("simulate %s: %d lines, want a header, 5 attempts and a verdict:\n%s", tc.proto, len(lines), out)
+		}
+		for i, l := range lines[1:6] {
+			want := "failed"
+			if i >= 3 {
+				want = "refused by policy"
+			}
+			if !strings.Contains(l, want) {
+				t.Errorf("simulate %s attempt %d: %q, want %q", tc.proto, i+1, l, want)
+			}
+			if i >= 3 && !strings.Contains(l, tc.refusal) {
+				t.Errorf("simulate %s attempt %d: %q does not show the server's refusal %q", tc.proto, i+1, l, tc.refusal)
+			}
+		}
+		if want := "mailguard started refusing at attempt 4"; lines[6] != want {
+			t.Errorf("simulate %s: last line %q, want %q", tc.proto, lines[6], want)
+		}
+	}
+	// simulate refuses anything but an address the admin typed.
+	if out, err := d.CLI("simulate", "--target", "localhost:143", "--user", "x"); err == nil {
+		t.Errorf("simulate against a host name ran:\n%s", out)
+	}
+}
