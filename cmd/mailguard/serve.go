@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/user"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -159,7 +161,7 @@ func serve(ctx context.Context, c config.Config, log *slog.Logger) error {
 		listeners = append(listeners, l)
 		return l, nil
 	}
-	pfL, err := listen("postfix.listen", func() (net.Listener, error) { return policyd.Listen(c.Postfix.Listen, 0o666) })
+	pfL, err := listen("postfix.listen", func() (net.Listener, error) { return listenPostfix(c.Postfix.Listen) })
 	if err != nil {
 		return err
 	}
@@ -235,4 +237,24 @@ func health(st store.Store) func(context.Context) error {
 		}
 		return nil
 	}
+}
+
+// listenPostfix listens on postfix.listen. A unix socket gets mode 0660 and
+// group postfix (when that group exists), so Postfix's smtpd, and no other
+// local user, can ask.
+func listenPostfix(addr string) (net.Listener, error) {
+	l, err := policyd.Listen(addr, 0o660)
+	if err != nil {
+		return nil, err
+	}
+	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
+		if g, err := user.LookupGroup("postfix"); err == nil && os.Geteuid() == 0 {
+			gid, _ := strconv.Atoi(g.Gid)
+			if err := os.Chown(path, -1, gid); err != nil {
+				l.Close()
+				return nil, fmt.Errorf("chgrp postfix %s: %w", path, err)
+			}
+		}
+	}
+	return l, nil
 }
