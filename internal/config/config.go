@@ -287,8 +287,7 @@ func Load(file string, overrides []string) (Config, error) {
 	}
 	if err := d.Decode(v.AllSettings()); err != nil {
 		errs = append(errs, decodeErrors(err)...)
-	}
-	if len(errs) == 0 {
+	} else {
 		errs = append(errs, c.validate()...)
 	}
 	if len(errs) > 0 {
