@@ -57,9 +57,16 @@ type Daemon struct {
 	Postfix string // postfix.listen
 	Dovecot string // dovecot.listen
 	Metrics string
-	sets    []string
-	cmd     *exec.Cmd
-	log     *syncBuffer
+	// NetNS, when set before Start, runs the daemon and the CLI inside that
+	// network namespace (`ip netns exec NAME`): its listeners are on the
+	// namespace's loopback and its firewall backend acts on the namespace.
+	// The admin socket is in the shared filesystem, so the CLI reaches it.
+	NetNS string
+	// Env is added to the daemon's environment (KEY=VALUE).
+	Env  []string
+	sets []string
+	cmd  *exec.Cmd
+	log  *syncBuffer
 }
 
 type syncBuffer struct {
@@ -119,7 +126,10 @@ func (d *Daemon) Start() {
 	for _, s := range d.sets {
 		args = append(args, "--set", s)
 	}
-	d.cmd = exec.Command(binary(d.t), args...)
+	d.cmd = d.command(context.Background(), args...)
+	if len(d.Env) > 0 {
+		d.cmd.Env = append(os.Environ(), d.Env...)
+	}
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	if err := d.cmd.Start(); err != nil {
 		d.t.Fatal(err)
@@ -143,6 +153,9 @@ func (d *Daemon) Start() {
 	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {
 		if _, err := d.CLI("status"); err == nil {
+			if d.NetNS != "" {
+				return // its TCP listeners, bound before the admin socket, are not reachable from here
+			}
 			if c, err := net.Dial("tcp", d.Postfix); err == nil {
 				c.Close()
 				return
@@ -173,11 +186,19 @@ func (d *Daemon) Log() string { return d.log.String() }
 
 // CLI runs a mailguard client command against this daemon.
 func (d *Daemon) CLI(args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, binary(d.t), append(args, "--socket", d.Socket)...)
-	out, err := cmd.CombinedOutput()
+	out, err := d.command(ctx, append(args, "--socket", d.Socket)...).CombinedOutput()
 	return string(out), err
+}
+
+// command runs the mailguard binary with args, inside NetNS when set (ip
+// execs the binary in place: the process is mailguard itself).
+func (d *Daemon) command(ctx context.Context, args ...string) *exec.Cmd {
+	if d.NetNS == "" {
+		return exec.CommandContext(ctx, binary(d.t), args...)
+	}
+	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", d.NetNS, binary(d.t)}, args...)...)
 }
 
 // exitCode returns a command's exit status (0 for nil).
