@@ -5,6 +5,13 @@
 //
 // Time is the caller's: every call that depends on the clock is evaluated at
 // the backend's injected clock, so the conformance suite can move time.
+//
+// Boundaries, the same in every backend: a failure counts while its age is
+// below Span; a ban is active while now is before Expires; recidive counts
+// bans younger than Recidive.Window; a known device is known while now is
+// before its Remember time plus ttl. A Hit that reaches MaxRetry while the
+// subject is already banned replaces the ban with the next, escalated one.
+// Unban keeps the escalation history. A ban that runs out makes no event.
 package store
 
 import (
@@ -156,7 +163,9 @@ type Store interface {
 	// Hit records a failure and bans at the threshold, atomically.
 	Hit(ctx context.Context, h Hit) (HitResult, error)
 	// Ban places (or replaces) a ban of b.Jail on b.Subject, ending at
-	// b.Expires; b.Created defaults to now. It counts towards recidive.
+	// b.Expires, which must be after b.Created (default now). It counts
+	// towards recidive for the longest recidive window the store has seen
+	// (at least seven days).
 	Ban(ctx context.Context, b Ban) (Ban, error)
 	// Unban lifts every jail's ban on subject and returns the lifted bans
 	// (none: an empty slice and no error).
