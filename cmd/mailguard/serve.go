@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"os/user"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -53,10 +55,11 @@ func newLogger(c config.Log) *slog.Logger {
 	return slog.New(slog.NewTextHandler(os.Stderr, opts))
 }
 
-// jails turns the enabled jails of c into guard's.
+// jails turns the enabled jails of c into guard's, sorted by name.
 func jails(c config.Config) []guard.Jail {
 	var out []guard.Jail
-	for name, j := range c.Jails {
+	for _, name := range slices.Sorted(maps.Keys(c.Jails)) {
+		j := c.Jails[name]
 		if !j.Enabled {
 			continue
 		}
