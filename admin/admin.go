@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/mailguard/mailguard/guard"
@@ -68,7 +69,9 @@ type Server struct {
 	Guard Guard
 	Log   *slog.Logger // nil: slog.Default()
 
-	srv *http.Server
+	mu     sync.Mutex
+	srv    *http.Server
+	closed bool
 }
 
 func (s *Server) log() *slog.Logger {
@@ -113,16 +116,26 @@ func Listen(path string) (net.Listener, error) {
 
 // Serve answers on l until Close.
 func (s *Server) Serve(l net.Listener) error {
-	s.srv = &http.Server{Handler: s.Handler(), ReadTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second}
-	err := s.srv.Serve(l)
-	if errors.Is(err, http.ErrServerClosed) {
-		return nil
+	s.mu.Lock()
+	if s.srv == nil {
+		s.srv = &http.Server{Handler: s.Handler(), ReadTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second}
+		if s.closed {
+			s.srv.Close() // Serve after Close returns at once
+		}
 	}
-	return err
+	srv := s.srv
+	s.mu.Unlock()
+	if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
 }
 
-// Close stops the server.
+// Close stops the server; Serve returns. It may be called before Serve.
 func (s *Server) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
 	if s.srv == nil {
 		return nil
 	}

@@ -90,8 +90,11 @@ func (g *Guard) ParseTarget(s string) (subject string, prefix netip.Prefix, err 
 			bits -= 96
 		}
 		p = netip.PrefixFrom(a, bits).Masked()
-		if bits != a.BitLen() && bits != g.prefixes.of(a).Bits() {
-			return "", netip.Prefix{}, fmt.Errorf("prefix %s: length must be /%d or /%d", s, a.BitLen(), g.prefixes.of(a).Bits())
+		if want := g.prefixes.of(a).Bits(); bits != a.BitLen() && bits != want {
+			if want == a.BitLen() {
+				return "", netip.Prefix{}, fmt.Errorf("prefix %s: only single addresses (/%d) are banned at prefix.ipv4 %d", s, want, want)
+			}
+			return "", netip.Prefix{}, fmt.Errorf("prefix %s: length must be /%d or /%d (prefix.ipv4, prefix.ipv6)", s, a.BitLen(), want)
 		}
 		return netSubject(p), p, nil
 	}

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -135,7 +136,9 @@ type Server struct {
 	// 503 "degraded: ...". Nil: always healthy.
 	Health func(ctx context.Context) error
 
-	srv *http.Server
+	mu     sync.Mutex
+	srv    *http.Server
+	closed bool
 }
 
 // Handler returns the routes.
@@ -159,15 +162,26 @@ func (s *Server) Handler() http.Handler {
 
 // Serve answers on l until Close.
 func (s *Server) Serve(l net.Listener) error {
-	s.srv = &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 30 * time.Second}
-	if err := s.srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+	s.mu.Lock()
+	if s.srv == nil {
+		s.srv = &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 30 * time.Second}
+		if s.closed {
+			s.srv.Close() // Serve after Close returns at once
+		}
+	}
+	srv := s.srv
+	s.mu.Unlock()
+	if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
 	return nil
 }
 
-// Close stops the server.
+// Close stops the server; Serve returns. It may be called before Serve.
 func (s *Server) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
 	if s.srv == nil {
 		return nil
 	}
