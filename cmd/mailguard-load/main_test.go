@@ -63,6 +63,24 @@ func TestRunDurationBound(t *testing.T) {
 	}
 }
 
+func TestRunRate(t *testing.T) {
+	target := serve(t, "127.0.0.1:0")
+	var out, errOut bytes.Buffer
+	t0 := time.Now()
+	if code := run(context.Background(), []string{"-policy", target, "-conns", "4", "-requests", "400", "-rate", "2000"}, &out, &errOut); code != 0 {
+		t.Fatalf("run = %d: %s", code, errOut.String())
+	}
+	// Request 399 is due 199.5ms after the start.
+	if d := time.Since(t0); d < 195*time.Millisecond || d > 3*time.Second {
+		t.Errorf("400 requests at 2000 req/s took %v, want about 200ms", d)
+	}
+	for _, want := range []string{"400 answered", "open loop at 2000 req/s"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, out.String())
+		}
+	}
+}
+
 func TestRefusesOtherTargets(t *testing.T) {
 	for _, args := range [][]string{
 		{"-policy", "192.0.2.1:10028"},
@@ -73,6 +91,7 @@ func TestRefusesOtherTargets(t *testing.T) {
 		{"-duration", "1h"},
 		{"-requests", "-1"},
 		{"-conns", "0"},
+		{"-rate", "-1"},
 	} {
 		var out, errOut bytes.Buffer
 		if code := run(context.Background(), args, &out, &errOut); code != 2 {
@@ -80,7 +99,7 @@ func TestRefusesOtherTargets(t *testing.T) {
 		}
 	}
 	for _, ok := range []string{"127.0.0.1:1", "[::1]:1", "inet:127.0.0.2:1", "localhost:1", "unix:/run/x.sock"} {
-		if _, _, err := loopbackTarget(context.Background(), ok); err != nil {
+		if _, _, err := loopbackTarget(context.Background(), "-policy", ok); err != nil {
 			t.Errorf("loopbackTarget(%q) = %v", ok, err)
 		}
 	}
