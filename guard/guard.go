@@ -94,6 +94,8 @@ type Guard struct {
 	log      *slog.Logger
 	metrics  Metrics
 	now      func() time.Time
+
+	rateLogged once // "rate limit" info lines, one per key per findtime
 }
 
 // New returns a Guard over st.
@@ -348,8 +350,10 @@ func (g *Guard) Recipient(ctx context.Context, a netip.Addr, user string) (over 
 			g.metrics.Failure(j.Name, "smtp")
 		}
 		if r.Count > j.MaxRetry || r.Ban != nil {
-			if r.Count == j.MaxRetry+1 || r.Ban != nil {
-				g.log.Info("rate limit", "jail", j.Name, "key", s, "count", r.Count)
+			if g.rateLogged.first(j.Name+"|"+s, g.now(), j.FindTime) {
+				g.log.Info("rate limit", "jail", j.Name, "key", s, "count", r.Count, "findtime", j.FindTime)
+			} else {
+				g.log.Debug("rate limit", "jail", j.Name, "key", s, "count", r.Count)
 			}
 			over = true
 		}
