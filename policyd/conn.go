@@ -67,6 +67,9 @@ func (cn *conn) readFailed(err error) {
 		s.log().Debug("policyd: connection closed by peer", "remote", cn.remote)
 	case errors.Is(err, os.ErrDeadlineExceeded) && !errors.Is(err, ErrTruncated):
 		s.log().Debug("policyd: idle connection closed", "remote", cn.remote)
+	case !isProtocolError(err):
+		// A reset or other I/O error from the peer is not a bad request.
+		s.log().Debug("policyd: connection error", "remote", cn.remote, "err", err)
 	default:
 		reason := ReasonMalformed
 		switch {
@@ -192,4 +195,11 @@ func call(ctx context.Context, g Guard, a netip.Addr, user string, rcpt bool) (o
 		o.over, o.err = g.Recipient(ctx, a, user)
 	}
 	return o
+}
+
+// isProtocolError reports whether err is the peer breaking the protocol
+// (as opposed to the connection failing).
+func isProtocolError(err error) bool {
+	return errors.Is(err, ErrMalformed) || errors.Is(err, ErrLineTooLong) ||
+		errors.Is(err, ErrTooManyAttrs) || errors.Is(err, ErrTruncated)
 }

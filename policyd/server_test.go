@@ -716,3 +716,32 @@ func TestMetrics(t *testing.T) {
 		}
 	}
 }
+
+// A peer that resets the connection between requests is not a bad request.
+func TestResetIsNotBadRequest(t *testing.T) {
+	m := &recMetrics{n: map[string]int{}}
+	addr := start(t, &Server{Guard: newFake(), Metrics: m}, "tcp")
+	c := dial(t, "tcp", addr)
+	c.ask(policyReq())
+	tc := c.c.(*net.TCPConn)
+	tc.SetLinger(0) // close sends RST
+	tc.Close()
+	// Another connection still works, and by then the reset has been read.
+	d := dial(t, "tcp", addr)
+	d.ask(policyReq())
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) {
+		m.mu.Lock()
+		bad := 0
+		for k, v := range m.n {
+			if strings.HasPrefix(k, "bad:") {
+				bad += v
+			}
+		}
+		m.mu.Unlock()
+		if bad != 0 {
+			t.Fatalf("a reset counted as a bad request: %v", m.n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
