@@ -119,6 +119,9 @@ func (s *Server) allow(ctx context.Context, req *Request, a netip.Addr, proto st
 		refused, failures, err := s.Guard.Check(ctx, a, req.Login)
 		return verdict{refused, failures}, err
 	})
+	if err != nil && s.clientGone(ctx, stage, a, err) {
+		return Reply{}, VerdictGone
+	}
 	if err != nil {
 		s.storeError()
 		if s.FailOpen {
@@ -150,6 +153,9 @@ func (s *Server) report(ctx context.Context, req *Request, a netip.Addr, proto s
 		_, err := call(ctx, s, func(ctx context.Context) (struct{}, error) {
 			return struct{}{}, s.Guard.Succeed(ctx, a, req.Login)
 		})
+		if err != nil && s.clientGone(ctx, "report", a, err) {
+			return VerdictGone
+		}
 		if err != nil {
 			s.storeError()
 			s.log.Warn("guard: recording a success", "remote", a, "protocol", proto, "err", err)
@@ -161,6 +167,9 @@ func (s *Server) report(ctx context.Context, req *Request, a netip.Addr, proto s
 			_, err := s.Guard.Fail(ctx, a, req.Login, proto, req.PasswordHash)
 			return struct{}{}, err
 		})
+		if err != nil && s.clientGone(ctx, "report", a, err) {
+			return VerdictGone
+		}
 		if err != nil {
 			s.storeError()
 			s.log.Warn("guard: recording a failure", "remote", a, "protocol", proto, "err", err)
@@ -205,6 +214,17 @@ func call[T any](ctx context.Context, s *Server, f func(context.Context) (T, err
 	case <-ctx.Done():
 		return zero, fmt.Errorf("authhook: guard did not answer: %w", ctx.Err())
 	}
+}
+
+// clientGone reports whether a guard call failed because Dovecot hung up
+// (its request context was cancelled, not timed out): that is no store
+// error, and nobody is waiting for the answer.
+func (s *Server) clientGone(ctx context.Context, stage string, a netip.Addr, err error) bool {
+	if !errors.Is(ctx.Err(), context.Canceled) {
+		return false
+	}
+	s.log.Debug("client went away", "stage", stage, "remote", a, "err", err)
+	return true
 }
 
 func (s *Server) storeError() {

@@ -2,6 +2,7 @@ package authhook
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -402,6 +403,26 @@ func TestNormalizeProtocol(t *testing.T) {
 	} {
 		if got := NormalizeProtocol(in); got != want {
 			t.Errorf("NormalizeProtocol(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// Dovecot hanging up (its own timeout) while the guard works is no store
+// error: nothing is counted or logged as one.
+func TestClientGoneIsNotStoreError(t *testing.T) {
+	for _, cmd := range []string{"allow", "report"} {
+		m := &fakeMetrics{}
+		s := &Server{Guard: blockGuard{}, FailOpen: true, Timeout: 10 * time.Second, Metrics: m, Log: discardLogger()}
+		body := `{"login":"a@example.org","remote":"192.0.2.9","protocol":"imap","success":false,"policy_reject":false}`
+		ctx, cancel := context.WithCancel(context.Background())
+		r := httptest.NewRequestWithContext(ctx, http.MethodPost, "/?command="+cmd, strings.NewReader(body))
+		w := httptest.NewRecorder()
+		done := make(chan struct{})
+		go func() { s.ServeHTTP(w, r); close(done) }()
+		cancel()
+		<-done
+		if got := m.all(); strings.Contains(got, "store-error") || !strings.Contains(got, VerdictGone) {
+			t.Errorf("%s with the client gone: metrics %q, want %q and no store-error", cmd, got, VerdictGone)
 		}
 	}
 }

@@ -80,6 +80,7 @@ const (
 	VerdictSuccess    = "success"     // report: a successful login
 	VerdictIgnored    = "ignored"     // report: refused by us, or not a guessing failure
 	VerdictError      = "error"       // report: guard error or timeout, not counted
+	VerdictGone       = "gone"        // Dovecot hung up before the guard answered
 )
 
 // Reasons passed to BadRequestCounter.BadRequest.
