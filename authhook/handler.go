@@ -132,7 +132,11 @@ func (s *Server) allow(ctx context.Context, req *Request, a netip.Addr, proto st
 		return Reply{Status: -1, Msg: s.TempFailMsg}, VerdictFailClosed
 	}
 	if v.refused {
-		s.log.Info("refused", "stage", stage, "remote", a, "protocol", proto)
+		if s.refusedLog.First(a.String(), s.now(), refusalLogEvery) {
+			s.log.Info("refused", "stage", stage, "remote", a, "protocol", proto)
+		} else {
+			s.log.Debug("refused", "stage", stage, "remote", a, "protocol", proto)
+		}
 		return Reply{Status: -1, Msg: s.RejectMsg}, VerdictRefuse
 	}
 	if !after {

@@ -31,6 +31,7 @@ import (
 
 	"golang.org/x/net/netutil"
 
+	"github.com/mailguard/mailguard/internal/dedup"
 	"github.com/mailguard/mailguard/store"
 )
 
@@ -153,8 +154,11 @@ type Server struct {
 	hdrName  string
 	hdrValue []byte
 	sess     *sessions
-	sem      chan struct{}
-	log      *slog.Logger
+	// refusedLog: a refused client is logged at info once per
+	// refusalLogEvery, its other refusals at debug (no log floods).
+	refusedLog dedup.Once
+	sem        chan struct{}
+	log        *slog.Logger
 
 	mu     sync.Mutex
 	srv    *http.Server
@@ -325,3 +329,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	return srv.Shutdown(ctx)
 }
+
+// refusalLogEvery is how often one refused client is logged at info.
+const refusalLogEvery = time.Minute

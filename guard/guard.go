@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mailguard/mailguard/internal/dedup"
 	"github.com/mailguard/mailguard/store"
 )
 
@@ -95,7 +96,7 @@ type Guard struct {
 	metrics  Metrics
 	now      func() time.Time
 
-	rateLogged once // "rate limit" info lines, one per key per findtime
+	rateLogged dedup.Once // "rate limit" info lines, one per key per findtime
 }
 
 // New returns a Guard over st.
@@ -350,7 +351,7 @@ func (g *Guard) Recipient(ctx context.Context, a netip.Addr, user string) (over 
 			g.metrics.Failure(j.Name, "smtp")
 		}
 		if r.Count > j.MaxRetry || r.Ban != nil {
-			if g.rateLogged.first(j.Name+"|"+s, g.now(), j.FindTime) {
+			if g.rateLogged.First(j.Name+"|"+s, g.now(), j.FindTime) {
 				g.log.Info("rate limit", "jail", j.Name, "key", s, "count", r.Count, "findtime", j.FindTime)
 			} else {
 				g.log.Debug("rate limit", "jail", j.Name, "key", s, "count", r.Count)

@@ -130,7 +130,11 @@ func (cn *conn) decide(req *Request) (action, verdict string) {
 		}
 		return action, verdict
 	case o.refused:
-		log.Info("policyd: refuse", "client", addr, "state", state)
+		if s.refusedLog.First(addr.String(), time.Now(), refusalLogEvery) {
+			log.Info("policyd: refuse", "client", addr, "state", state)
+		} else {
+			log.Debug("policyd: refuse", "client", addr, "state", state)
+		}
 		return s.reject, VerdictReject
 	case o.over:
 		log.Debug("policyd: rate limit", "client", addr, "user", user)

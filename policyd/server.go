@@ -28,6 +28,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/mailguard/mailguard/internal/dedup"
 	"io/fs"
 	"log/slog"
 	"net"
@@ -152,7 +153,12 @@ type Server struct {
 	fold      *fold
 
 	fullLog, badLog, failLog, acceptLog sometimes
+	refusedLog                          dedup.Once // info once per client per refusalLogEvery
 }
+
+// refusalLogEvery is how often a refused client is logged at info; its other
+// refusals go to debug, so a banned client cannot flood the log.
+const refusalLogEvery = time.Minute
 
 // init resolves defaults once. s.mu must be held.
 func (s *Server) init() error {
