@@ -41,6 +41,8 @@ type JailStatus struct {
 	TotalFailed int64    `json:"total_failed"`
 	TotalBanned int64    `json:"total_banned"`
 	Banned      []Ban    `json:"banned"`
+	// ByProtocol: failures this node counted per protocol since it started.
+	ByProtocol map[string]int64 `json:"failed_by_protocol,omitempty"`
 }
 
 // Ban is one ban in a reply.
@@ -164,6 +166,7 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 			Name: j.Name, Key: string(j.Key), Action: string(j.Action), MaxRetry: j.MaxRetry,
 			FindTime: j.FindTime.String(), BanTime: j.BanTime.String(), Events: j.Events, Protocols: j.Protocols,
 			Failing: j.Failing, TotalFailed: j.TotalFailed, TotalBanned: j.TotalBanned, Banned: []Ban{},
+			ByProtocol: j.ByProtocol,
 		}
 		for _, b := range j.Banned {
 			js.Banned = append(js.Banned, toBan(b))

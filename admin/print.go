@@ -3,6 +3,7 @@ package admin
 import (
 	"fmt"
 	"io"
+	"sort"
 	"strings"
 	"time"
 )
@@ -23,7 +24,8 @@ func PrintStatus(w io.Writer, jails []JailStatus, now time.Time) {
 		if len(j.Protocols) > 0 {
 			fmt.Fprintf(w, ", protocols %s", strings.Join(j.Protocols, ","))
 		}
-		fmt.Fprintf(w, "\n|- Filter\n|  |- Currently failed:\t%d\n|  `- Total failed:\t%d\n", j.Failing, j.TotalFailed)
+		fmt.Fprintf(w, "\n|- Filter\n|  |- Currently failed:\t%d\n|  |- Total failed:\t%d\n", j.Failing, j.TotalFailed)
+		fmt.Fprintf(w, "|  `- By protocol:\t%s\n", byProtocol(j.ByProtocol))
 		fmt.Fprintf(w, "`- Actions\n   |- Currently banned:\t%d\n   |- Total banned:\t%d\n   `- Banned IP list:\t", len(j.Banned), j.TotalBanned)
 		var list []string
 		for _, b := range j.Banned {
@@ -57,4 +59,21 @@ func Target(subject string) string {
 		}
 	}
 	return subject
+}
+
+// byProtocol prints "imap 12, smtp 3 (this node)" in name order.
+func byProtocol(m map[string]int64) string {
+	if len(m) == 0 {
+		return "-"
+	}
+	names := make([]string, 0, len(m))
+	for p := range m {
+		names = append(names, p)
+	}
+	sort.Strings(names)
+	parts := make([]string, len(names))
+	for i, p := range names {
+		parts[i] = fmt.Sprintf("%s %d", p, m[p])
+	}
+	return strings.Join(parts, ", ") + " (this node, since start)"
 }

@@ -43,8 +43,8 @@ func TestDovecotIMAP(t *testing.T) {
 	if r := imapLogin(t, dv.IMAP, attacker, testUser, testPassword); r != want {
 		t.Fatalf("right password from banned %s = %q, want %q", attacker, r, want)
 	}
-	if out := d.MustCLI("status", "dovecot"); !strings.Contains(out, attacker) {
-		t.Fatalf("status dovecot does not list %s:\n%s", attacker, out)
+	if out := d.MustCLI("status", "dovecot"); !strings.Contains(out, attacker) || !strings.Contains(out, "By protocol:\timap 3 ") {
+		t.Fatalf("status dovecot does not list %s or 3 imap failures:\n%s", attacker, out)
 	}
 	d.MustCLI("unban", attacker)
 	if r := imapLogin(t, dv.IMAP, attacker, testUser, testPassword); !strings.HasPrefix(r, "a1 OK") {
@@ -88,6 +88,9 @@ func TestPostfixSASLViaDovecot(t *testing.T) {
 	}
 	if r := smtpAuthPlain(t, pf.Addr, "127.0.0.6", testUser, testPassword); !strings.HasPrefix(r, "235") {
 		t.Fatalf("AUTH from another address = %q, want 235", r)
+	}
+	if out := d.MustCLI("status", "dovecot"); !strings.Contains(out, "By protocol:\tsmtp 3 ") {
+		t.Errorf("status dovecot does not show 3 smtp failures:\n%s", out)
 	}
 	// Postfix also refuses the banned client at RCPT through the policy service.
 	if r, closed := rcpt(t, pf.Addr, attacker); !strings.HasPrefix(r, "421 4.7.1") || !closed {

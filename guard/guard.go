@@ -10,10 +10,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/mailguard/mailguard/internal/dedup"
@@ -97,6 +99,9 @@ type Guard struct {
 	now      func() time.Time
 
 	rateLogged dedup.Once // "rate limit" info lines, one per key per findtime
+
+	protoMu sync.Mutex
+	byProto map[string]map[string]int64 // jail → protocol → failures counted by this node
 }
 
 // New returns a Guard over st.
@@ -287,6 +292,7 @@ func (g *Guard) event(ctx context.Context, kind string, a netip.Addr, user, prot
 		if g.metrics != nil {
 			g.metrics.Failure(j.Name, protocol)
 		}
+		g.countProtocol(j.Name, protocol)
 		g.log.Debug("failure", "jail", j.Name, "key", s, "count", r.Count, "protocol", protocol)
 		if r.Ban != nil {
 			bans = append(bans, *r.Ban)
@@ -298,6 +304,28 @@ func (g *Guard) event(ctx context.Context, kind string, a netip.Addr, user, prot
 		}
 	}
 	return bans, errors.Join(errs...)
+}
+
+func (g *Guard) countProtocol(jail, protocol string) {
+	protocol = strings.ToLower(protocol)
+	if protocol == "" {
+		protocol = "other"
+	}
+	g.protoMu.Lock()
+	defer g.protoMu.Unlock()
+	if g.byProto == nil {
+		g.byProto = make(map[string]map[string]int64)
+	}
+	m := g.byProto[jail]
+	if m == nil {
+		m = make(map[string]int64)
+		g.byProto[jail] = m
+	}
+	if len(m) < 32 { // protocols are a small set; bound it anyway
+		m[protocol]++
+	} else if _, ok := m[protocol]; ok {
+		m[protocol]++
+	}
 }
 
 // Succeed records a successful login: the (user, prefix) pair becomes a known
@@ -420,6 +448,9 @@ type JailStatus struct {
 	Jail
 	store.JailStats
 	Banned []store.Ban
+	// ByProtocol counts the failures this node recorded per protocol (imap,
+	// pop3, smtp, ...) since it started.
+	ByProtocol map[string]int64
 }
 
 // Status reports every jail (and the manual one if it holds bans), or only
@@ -454,7 +485,10 @@ func (g *Guard) Status(ctx context.Context, only string) ([]JailStatus, error) {
 		}
 		bs := byJail[j.Name]
 		sort.Slice(bs, func(a, b int) bool { return bs[a].Subject < bs[b].Subject })
-		out = append(out, JailStatus{Jail: j, JailStats: stats[j.Name], Banned: bs})
+		g.protoMu.Lock()
+		by := maps.Clone(g.byProto[j.Name])
+		g.protoMu.Unlock()
+		out = append(out, JailStatus{Jail: j, JailStats: stats[j.Name], Banned: bs, ByProtocol: by})
 	}
 	for _, j := range g.jails {
 		add(j)

@@ -249,3 +249,21 @@ func TestManualBanTargets(t *testing.T) {
 		t.Errorf("Ban in unknown jail: no error")
 	}
 }
+
+func TestStatusByProtocol(t *testing.T) {
+	g, _ := newGuard(t, authJail)
+	ctx := context.Background()
+	a := netip.MustParseAddr("198.51.100.7")
+	for _, p := range []string{"imap", "IMAP", "smtp"} {
+		if _, err := g.Fail(ctx, a, "u", p, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st, err := g.Status(ctx, "dovecot")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := st[0].ByProtocol; got["imap"] != 2 || got["smtp"] != 1 || len(got) != 2 {
+		t.Errorf("ByProtocol = %v, want imap 2, smtp 1", got)
+	}
+}
