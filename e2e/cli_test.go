@@ -1,0 +1,64 @@
+package e2e
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// The CLI's exit codes and messages are a contract for scripts.
+func TestCLIExitCodes(t *testing.T) {
+	d := NewDaemon(t)
+	d.Start()
+	for _, tc := range []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"status", []string{"status"}, 0, "Jail list:\tdovecot, dovecot-user, postfix, postfix-rate"},
+		{"status one jail", []string{"status", "dovecot-user"}, 0, "Status for the jail: dovecot-user"},
+		{"status unknown jail", []string{"status", "nope"}, 1, `no jail "nope"`},
+		{"ban", []string{"ban", "198.51.100.9", "--for", "10m"}, 0, "banned 198.51.100.9 in jail manual"},
+		{"ban user in jail", []string{"ban", "Mallory@Example.org", "--jail", "dovecot-user"}, 0, "banned mallory@example.org in jail dovecot-user"},
+		{"ban ignoreip", []string{"ban", "::1"}, 1, "inside ignoreip"},
+		{"ban bad target", []string{"ban", "not an address"}, 1, "neither an address"},
+		{"ban bad duration", []string{"ban", "198.51.100.9", "--for", "soon"}, 2, "invalid argument"},
+		{"ban no argument", []string{"ban"}, 2, "ban takes 1 argument"},
+		{"unban", []string{"unban", "198.51.100.9"}, 0, "unbanned 198.51.100.9 (jails: manual)"},
+		{"unban not banned", []string{"unban", "198.51.100.9"}, 1, "198.51.100.9 is not banned"},
+		{"unknown flag", []string{"status", "--bogus"}, 2, "unknown flag"},
+	} {
+		out, err := d.CLI(tc.args...)
+		if code := exitCode(err); code != tc.code || !strings.Contains(out, tc.want) {
+			t.Errorf("mailguard %s: exit %d, %q; want exit %d containing %q", strings.Join(tc.args, " "), code, out, tc.code, tc.want)
+		}
+	}
+
+	// No daemon on the socket: exit 3 and a hint.
+	out, err := exec.Command(binary(t), "status", "--socket", filepath.Join(t.TempDir(), "none.sock")).CombinedOutput()
+	if code := exitCode(err); code != 3 || !strings.Contains(string(out), "is `mailguard serve` running?") {
+		t.Errorf("status without a daemon: exit %d, %q; want exit 3 and a hint", code, out)
+	}
+	// MAILGUARD_ADMIN_SOCKET names the socket too.
+	cmd := exec.Command(binary(t), "status", "dovecot")
+	cmd.Env = append(os.Environ(), "MAILGUARD_ADMIN_SOCKET="+d.Socket)
+	if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "Status for the jail: dovecot") {
+		t.Errorf("status with MAILGUARD_ADMIN_SOCKET: %v, %q", err, out)
+	}
+
+	// A bad config: serve refuses to start (exit 2), naming the key.
+	bad := filepath.Join(t.TempDir(), "bad.yaml")
+	os.WriteFile(bad, []byte("jails:\n  dovecot:\n    maxretry: 0\nstore:\n  backnd: memory\n"), 0o600)
+	for _, c := range []string{"serve", "check-config"} {
+		out, err := exec.Command(binary(t), c, "--config", bad).CombinedOutput()
+		if code := exitCode(err); code != 2 || !strings.Contains(string(out), "jails.dovecot.maxretry: must be at least 1") || !strings.Contains(string(out), "store.backnd: unknown key") {
+			t.Errorf("%s with a bad config: exit %d, %q; want exit 2 naming both keys", c, code, out)
+		}
+	}
+	if out, err := exec.Command(binary(t), "check-config", "--config", d.Config).CombinedOutput(); err != nil || !strings.Contains(string(out), "# configuration is valid") {
+		t.Errorf("check-config of a good file: %v, %q", err, out)
+	}
+}
