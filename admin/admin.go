@@ -13,7 +13,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"sync"
 	"time"
 
 	"github.com/mailguard/mailguard/guard"
@@ -66,14 +65,10 @@ type errorReply struct {
 	Code  string `json:"code,omitempty"` // "ignored", "not_found", "invalid"
 }
 
-// Server serves the admin API. Set the fields before ListenAndServe.
+// Server is the admin API. Serve its Handler on the socket from Listen.
 type Server struct {
 	Guard Guard
 	Log   *slog.Logger // nil: slog.Default()
-
-	mu     sync.Mutex
-	srv    *http.Server
-	closed bool
 }
 
 func (s *Server) log() *slog.Logger {
@@ -114,34 +109,6 @@ func Listen(path string) (net.Listener, error) {
 		return nil, fmt.Errorf("admin: chmod %s: %w", path, err)
 	}
 	return l, nil
-}
-
-// Serve answers on l until Close.
-func (s *Server) Serve(l net.Listener) error {
-	s.mu.Lock()
-	if s.srv == nil {
-		s.srv = &http.Server{Handler: s.Handler(), ReadTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second}
-		if s.closed {
-			s.srv.Close() // Serve after Close returns at once
-		}
-	}
-	srv := s.srv
-	s.mu.Unlock()
-	if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
-	return nil
-}
-
-// Close stops the server; Serve returns. It may be called before Serve.
-func (s *Server) Close() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.closed = true
-	if s.srv == nil {
-		return nil
-	}
-	return s.srv.Close()
 }
 
 func reply(w http.ResponseWriter, code int, v any) {

@@ -5,11 +5,8 @@ package metrics
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"net"
 	"net/http"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -129,16 +126,12 @@ func (f Frontend) BadRequest(reason string) { f.R.BadRequest(f.Name, reason) }
 // StoreError counts a store failure of this front end.
 func (f Frontend) StoreError() { f.R.StoreError(f.Name) }
 
-// Server serves /metrics and /healthz.
+// Server is /metrics and /healthz. Serve its Handler.
 type Server struct {
 	Registry *Registry
 	// Health returns nil when the node works; an error makes /healthz answer
 	// 503 "degraded: ...". Nil: always healthy.
 	Health func(ctx context.Context) error
-
-	mu     sync.Mutex
-	srv    *http.Server
-	closed bool
 }
 
 // Handler returns the routes.
@@ -158,32 +151,4 @@ func (s *Server) Handler() http.Handler {
 		fmt.Fprintln(w, "ok")
 	})
 	return mux
-}
-
-// Serve answers on l until Close.
-func (s *Server) Serve(l net.Listener) error {
-	s.mu.Lock()
-	if s.srv == nil {
-		s.srv = &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 30 * time.Second}
-		if s.closed {
-			s.srv.Close() // Serve after Close returns at once
-		}
-	}
-	srv := s.srv
-	s.mu.Unlock()
-	if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
-	return nil
-}
-
-// Close stops the server; Serve returns. It may be called before Serve.
-func (s *Server) Close() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.closed = true
-	if s.srv == nil {
-		return nil
-	}
-	return s.srv.Close()
 }

@@ -7,12 +7,14 @@ import (
 	"log/slog"
 	"maps"
 	"net"
+	"net/http"
 	"os"
 	"os/user"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -144,8 +146,8 @@ func serve(ctx context.Context, c config.Config, log *slog.Logger) error {
 		FailOpen: failOpen, Timeout: c.Store.Timeout.D(), MaxConns: c.Dovecot.MaxConns,
 		Log: log.With("frontend", "dovecot"), Metrics: metrics.Frontend{R: reg, Name: "dovecot"},
 	}
-	adm := &admin.Server{Guard: g, Log: log}
-	ms := &metrics.Server{Registry: reg, Health: health(st)}
+	adm := &http.Server{Handler: (&admin.Server{Guard: g, Log: log}).Handler(), ReadTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second}
+	ms := &http.Server{Handler: (&metrics.Server{Registry: reg, Health: health(st)}).Handler(), ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 30 * time.Second}
 
 	// Bind every listener before serving: a taken port stops the start
 	// with a clear error instead of a half-running daemon.
@@ -202,9 +204,9 @@ func serve(ctx context.Context, c config.Config, log *slog.Logger) error {
 	}
 	run("postfix.listen", func() error { return pf.Serve(pfL) })
 	run("dovecot.listen", func() error { return dv.Serve(dvL) })
-	run("admin.socket", func() error { return adm.Serve(adminL) })
+	run("admin.socket", func() error { return httpServe(adm, adminL) })
 	if metricsL != nil {
-		run("metrics.listen", func() error { return ms.Serve(metricsL) })
+		run("metrics.listen", func() error { return httpServe(ms, metricsL) })
 	}
 
 	log.Info("mailguard started", "version", Version, "postfix", c.Postfix.Listen, "dovecot", c.Dovecot.Listen,
@@ -260,4 +262,12 @@ func listenPostfix(addr string) (net.Listener, error) {
 		}
 	}
 	return l, nil
+}
+
+// httpServe serves l until srv is closed (also when Close came first).
+func httpServe(srv *http.Server, l net.Listener) error {
+	if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
 }
