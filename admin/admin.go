@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/mailguard/mailguard/guard"
+	"github.com/mailguard/mailguard/internal/listen"
 	"github.com/mailguard/mailguard/store"
 )
 
@@ -93,20 +94,11 @@ func Listen(path string) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("admin: socket directory: %w", err)
 	}
-	if c, err := net.DialTimeout("unix", path, 200*time.Millisecond); err == nil {
-		c.Close()
-		return nil, fmt.Errorf("admin: %s: another mailguard is running", path)
-	}
-	_ = os.Remove(path)
-	old := umask(0o177)
-	l, err := net.Listen("unix", path)
+	old := umask(0o177) // no moment with a wider mode than 0600
+	l, err := listen.Listen("unix:"+path, 0o600, "")
 	umask(old)
 	if err != nil {
-		return nil, fmt.Errorf("admin: listen %s: %w", path, err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		l.Close()
-		return nil, fmt.Errorf("admin: chmod %s: %w", path, err)
+		return nil, fmt.Errorf("admin: %w", err)
 	}
 	return l, nil
 }

@@ -24,7 +24,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
 	"strings"
 	"sync"
 	"time"
@@ -32,6 +31,7 @@ import (
 	"golang.org/x/net/netutil"
 
 	"github.com/mailguard/mailguard/internal/dedup"
+	"github.com/mailguard/mailguard/internal/listen"
 	"github.com/mailguard/mailguard/store"
 )
 
@@ -242,27 +242,10 @@ func (s *Server) ListenAndServe(addr string) error {
 	return s.Serve(l)
 }
 
-// Listen opens "host:port" (TCP) or "unix:/path". It removes a unix socket
-// file nobody listens on any more, and refuses one still in use.
+// Listen opens "host:port" (TCP) or "unix:/path" (mode 0660). It removes a
+// unix socket file nobody listens on any more, and refuses one still in use.
 func Listen(addr string) (net.Listener, error) {
-	path, ok := strings.CutPrefix(addr, "unix:")
-	if !ok {
-		l, err := net.Listen("tcp", addr)
-		if err != nil {
-			return nil, fmt.Errorf("authhook: %w", err)
-		}
-		return l, nil
-	}
-	if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
-		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-			c.Close()
-			return nil, fmt.Errorf("authhook: %s is in use by another process", path)
-		}
-		if err := os.Remove(path); err != nil {
-			return nil, fmt.Errorf("authhook: removing stale socket: %w", err)
-		}
-	}
-	l, err := net.Listen("unix", path)
+	l, err := listen.Listen(addr, 0o660, "")
 	if err != nil {
 		return nil, fmt.Errorf("authhook: %w", err)
 	}

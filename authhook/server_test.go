@@ -115,7 +115,7 @@ func TestServeUnix(t *testing.T) {
 		t.Errorf("status %d", resp.StatusCode)
 	}
 	// A socket in use is not taken over.
-	if _, err := Listen("unix:" + path); err == nil || !strings.Contains(err.Error(), "in use") {
+	if _, err := Listen("unix:" + path); err == nil || !strings.Contains(err.Error(), "another server is listening") {
 		t.Errorf("Listen on a socket in use: %v, want an error", err)
 	}
 	client.CloseIdleConnections()

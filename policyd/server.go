@@ -29,12 +29,11 @@ import (
 	"errors"
 	"fmt"
 	"github.com/mailguard/mailguard/internal/dedup"
+	"github.com/mailguard/mailguard/internal/listen"
 	"io/fs"
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
-	"strings"
 	"sync"
 	"time"
 )
@@ -294,40 +293,9 @@ func (s *Server) ListenAndServe(addr string) error {
 // is not a socket, is an error), and the new socket gets mode (zero:
 // DefaultSocketMode). Closing the listener removes the socket.
 func Listen(addr string, mode fs.FileMode) (net.Listener, error) {
-	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
-		return listenUnix(path, or(mode, DefaultSocketMode))
-	}
-	addr = strings.TrimPrefix(addr, "inet:")
-	l, err := net.Listen("tcp", addr)
+	l, err := listen.Listen(addr, or(mode, DefaultSocketMode), "")
 	if err != nil {
 		return nil, fmt.Errorf("policyd: %w", err)
-	}
-	return l, nil
-}
-
-func listenUnix(path string, mode fs.FileMode) (net.Listener, error) {
-	if path == "" {
-		return nil, errors.New("policyd: unix: socket path is empty")
-	}
-	if fi, err := os.Lstat(path); err == nil {
-		if fi.Mode().Type() != fs.ModeSocket {
-			return nil, fmt.Errorf("policyd: %s exists and is not a socket", path)
-		}
-		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-			c.Close()
-			return nil, fmt.Errorf("policyd: %s: another server is listening there", path)
-		}
-		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("policyd: removing stale socket: %w", err)
-		}
-	}
-	l, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("policyd: %w", err)
-	}
-	if err := os.Chmod(path, mode); err != nil {
-		l.Close()
-		return nil, fmt.Errorf("policyd: socket mode: %w", err)
 	}
 	return l, nil
 }

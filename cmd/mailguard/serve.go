@@ -9,9 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/user"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -22,6 +20,7 @@ import (
 	"github.com/mailguard/mailguard/authhook"
 	"github.com/mailguard/mailguard/guard"
 	"github.com/mailguard/mailguard/internal/config"
+	"github.com/mailguard/mailguard/internal/listen"
 	"github.com/mailguard/mailguard/metrics"
 	"github.com/mailguard/mailguard/policyd"
 	"github.com/mailguard/mailguard/store"
@@ -157,7 +156,7 @@ func serve(ctx context.Context, c config.Config, log *slog.Logger) error {
 			l.Close()
 		}
 	}
-	listen := func(key string, f func() (net.Listener, error)) (net.Listener, error) {
+	bind := func(key string, f func() (net.Listener, error)) (net.Listener, error) {
 		l, err := f()
 		if err != nil {
 			closeAll()
@@ -166,21 +165,21 @@ func serve(ctx context.Context, c config.Config, log *slog.Logger) error {
 		listeners = append(listeners, l)
 		return l, nil
 	}
-	pfL, err := listen("postfix.listen", func() (net.Listener, error) { return listenPostfix(c.Postfix.Listen) })
+	pfL, err := bind("postfix.listen", func() (net.Listener, error) { return listen.Listen(c.Postfix.Listen, 0o660, "postfix") })
 	if err != nil {
 		return err
 	}
-	dvL, err := listen("dovecot.listen", func() (net.Listener, error) { return authhook.Listen(c.Dovecot.Listen) })
+	dvL, err := bind("dovecot.listen", func() (net.Listener, error) { return listen.Listen(c.Dovecot.Listen, 0o660, "dovecot") })
 	if err != nil {
 		return err
 	}
-	adminL, err := listen("admin.socket", func() (net.Listener, error) { return admin.Listen(c.Admin.Socket) })
+	adminL, err := bind("admin.socket", func() (net.Listener, error) { return admin.Listen(c.Admin.Socket) })
 	if err != nil {
 		return err
 	}
 	var metricsL net.Listener
 	if c.Metrics.Listen != "" {
-		if metricsL, err = listen("metrics.listen", func() (net.Listener, error) { return net.Listen("tcp", c.Metrics.Listen) }); err != nil {
+		if metricsL, err = bind("metrics.listen", func() (net.Listener, error) { return net.Listen("tcp", c.Metrics.Listen) }); err != nil {
 			return err
 		}
 	}
@@ -242,26 +241,6 @@ func health(st store.Store) func(context.Context) error {
 		}
 		return nil
 	}
-}
-
-// listenPostfix listens on postfix.listen. A unix socket gets mode 0660 and
-// group postfix (when that group exists), so Postfix's smtpd, and no other
-// local user, can ask.
-func listenPostfix(addr string) (net.Listener, error) {
-	l, err := policyd.Listen(addr, 0o660)
-	if err != nil {
-		return nil, err
-	}
-	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
-		if g, err := user.LookupGroup("postfix"); err == nil && os.Geteuid() == 0 {
-			gid, _ := strconv.Atoi(g.Gid)
-			if err := os.Chown(path, -1, gid); err != nil {
-				l.Close()
-				return nil, fmt.Errorf("chgrp postfix %s: %w", path, err)
-			}
-		}
-	}
-	return l, nil
 }
 
 // httpServe serves l until srv is closed (also when Close came first).
