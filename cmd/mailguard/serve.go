@@ -143,7 +143,8 @@ func serve(ctx context.Context, c config.Config, log *slog.Logger) error {
 		Guard: g, APIHeader: c.Dovecot.APIHeader, RejectMsg: c.Dovecot.RejectMsg,
 		Tarpit:   authhook.Tarpit{Start: c.Dovecot.Tarpit.Start, Base: c.Dovecot.Tarpit.Base.D(), Max: c.Dovecot.Tarpit.Max.D()},
 		FailOpen: failOpen, Timeout: c.Store.Timeout.D(), MaxConns: c.Dovecot.MaxConns,
-		Log: log.With("frontend", "dovecot"), Metrics: metrics.Frontend{R: reg, Name: "dovecot"},
+		ReadTimeout: c.Dovecot.Timeout.D(),
+		Log:         log.With("frontend", "dovecot"), Metrics: metrics.Frontend{R: reg, Name: "dovecot"},
 	}
 	adm := &http.Server{Handler: (&admin.Server{Guard: g, Log: log}).Handler(), ReadTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second}
 	ms := &http.Server{Handler: (&metrics.Server{Registry: reg, Health: health(st)}).Handler(), ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 30 * time.Second}

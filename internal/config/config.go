@@ -182,7 +182,7 @@ func Defaults() Config {
 			RejectMsg: "Too many failed logins from your network. Try again later or contact your mail administrator.",
 			Tarpit:    Tarpit{Start: 3, Base: Duration(time.Second), Max: Duration(5 * time.Second)},
 			MaxConns:  1000,
-			Timeout:   Duration(time.Second),
+			Timeout:   Duration(5 * time.Second),
 		},
 		Store: Store{
 			Backend: "memory", FailMode: "open", Timeout: Duration(500 * time.Millisecond),
