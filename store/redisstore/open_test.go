@@ -110,3 +110,33 @@ func TestSentinel(t *testing.T) {
 		t.Errorf("Bans through Sentinel = %+v, %v", bans, err)
 	}
 }
+
+// A node starts while Redis is down: Open logs and returns a Store whose
+// calls fail, and which works once Redis is back.
+func TestOpenWhileRedisDown(t *testing.T) {
+	srv := redistest.StartServer(t, redistest.Config{})
+	srv.Kill()
+	ctx := context.Background()
+	octx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	s, err := redisstore.Open(octx, redisstore.Options{Addrs: []string{srv.Addr()}, Prefix: freshPrefix(t)})
+	cancel()
+	if err != nil {
+		t.Fatalf("Open with Redis down = %v, want a Store", err)
+	}
+	defer s.Close()
+	if _, err := s.Check(ctx, store.Query{Subjects: []string{"net:192.0.2.1/32"}}); err == nil {
+		t.Fatal("Check with Redis down: no error")
+	}
+	srv.Restart()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		_, err := s.Check(ctx, store.Query{Subjects: []string{"net:192.0.2.1/32"}})
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Check 15s after Redis came back: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

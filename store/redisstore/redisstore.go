@@ -128,9 +128,11 @@ type Store struct {
 
 var _ store.Store = (*Store)(nil)
 
-// Open connects to Redis and returns a Store. It pings the server once and
-// fails if it does not answer; later outages are errors of the calls made
-// during them, and go-redis reconnects by itself.
+// Open connects to Redis and returns a Store. It pings the server once: a
+// refusal (wrong password, ACL, db) is an error; an unreachable server is
+// logged and the Store returned anyway, its calls failing until Redis is
+// back. Outages are errors of the calls made during them, and go-redis
+// reconnects by itself.
 func Open(ctx context.Context, o Options) (*Store, error) {
 	uo, err := universalOptions(o)
 	if err != nil {
@@ -159,8 +161,15 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 	}
 	routeLibraryLog(s.log)
 	if err := s.Ping(ctx); err != nil {
-		s.c.Close()
-		return nil, err
+		var reply redis.Error
+		if errors.As(err, &reply) {
+			// Redis answered, and said no: a wrong password, ACL or db.
+			s.c.Close()
+			return nil, err
+		}
+		// Unreachable for now: start anyway. Calls fail (and the front ends
+		// answer per store.fail_mode) until Redis is back; go-redis redials.
+		s.log.Warn("redisstore: Redis unreachable at start; answering per store.fail_mode until it is back", "err", err)
 	}
 	return s, nil
 }
