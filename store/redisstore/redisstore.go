@@ -162,8 +162,12 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 	routeLibraryLog(s.log)
 	if err := s.Ping(ctx); err != nil {
 		var reply redis.Error
-		if errors.As(err, &reply) {
-			// Redis answered, and said no: a wrong password, ACL or db.
+		var cert *tls.CertificateVerificationError
+		var record tls.RecordHeaderError
+		if errors.As(err, &reply) || errors.As(err, &cert) || errors.As(err, &record) {
+			// Redis answered and said no (a wrong password, ACL or db), or
+			// TLS failed (an untrusted certificate, TLS to a plain port):
+			// configuration errors, not an outage.
 			s.c.Close()
 			return nil, err
 		}

@@ -1,8 +1,9 @@
 // Package redistest starts real redis-server processes for tests: a
 // standalone server (optionally persistent, so a test can stall, kill and
-// restart it), a Sentinel, and a Redis Cluster of n masters. Every process runs on free loopback
-// ports in t.TempDir() and is killed in t.Cleanup. A machine without
-// redis-server skips the test, or fails it under CI=true (see testenv).
+// restart it), a replica, one or several Sentinels, and a Redis Cluster of n
+// masters. Every process runs on free loopback ports in t.TempDir() and is
+// killed in t.Cleanup. A machine without redis-server skips the test, or
+// fails it under CI=true (see testenv).
 package redistest
 
 import (
@@ -69,6 +70,31 @@ func StartServer(t testing.TB, c Config) *Server {
 	t.Cleanup(s.Kill)
 	s.Restart()
 	return s
+}
+
+// StartReplica starts a redis-server configured by c replicating the master
+// at masterAddr (--replicaof), and returns once its link to the master is up
+// (its first full sync done: start the master with "--repl-diskless-sync-delay
+// 0", or that takes the default 5 s).
+func StartReplica(t testing.TB, masterAddr string, c Config) *Server {
+	t.Helper()
+	host, port, err := net.SplitHostPort(masterAddr)
+	if err != nil {
+		t.Fatalf("redistest: master address %q: %v", masterAddr, err)
+	}
+	c.Args = append(append([]string(nil), c.Args...), "--replicaof", host, port)
+	s := StartServer(t, c)
+	deadline := time.Now().Add(startTimeout)
+	for {
+		info, err := do(s.Addr(), "INFO", "replication")
+		if err == nil && strings.Contains(info, "master_link_status:up") {
+			return s
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("replica %s of %s: link not up after %v: %v\n%s\n%s", s.Addr(), masterAddr, startTimeout, err, info, tail(filepath.Join(s.dir, "redis.log")))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // Addr is the server's host:port.
@@ -189,6 +215,64 @@ func StartCluster(t testing.TB, n int) []string {
 // knows the master.
 func StartSentinel(t testing.TB, masterName, masterAddr string) string {
 	t.Helper()
+	return startSentinel(t, masterName, masterAddr, 1, "")
+}
+
+// SentinelConfig tunes StartSentinels. A zero Quorum is 1; zero durations
+// keep Sentinel's defaults (30 s down-after, 3 min failover-timeout).
+type SentinelConfig struct {
+	// Quorum is how many Sentinels must agree that the master is down.
+	Quorum int
+	// DownAfter is down-after-milliseconds; FailoverTimeout is
+	// failover-timeout.
+	DownAfter, FailoverTimeout time.Duration
+	// Replicas: StartSentinels returns once every Sentinel knows this many
+	// replicas of the master (and all the other Sentinels), so that a
+	// failover can start at once.
+	Replicas int
+}
+
+// StartSentinels starts n Sentinels monitoring the master at masterAddr
+// under masterName and returns their addresses once each knows the master,
+// c.Replicas replicas and the n-1 other Sentinels.
+func StartSentinels(t testing.TB, masterName, masterAddr string, n int, c SentinelConfig) []string {
+	t.Helper()
+	quorum := max(c.Quorum, 1)
+	var extra strings.Builder
+	fmt.Fprintf(&extra, "sentinel resolve-hostnames no\n")
+	if c.DownAfter > 0 {
+		fmt.Fprintf(&extra, "sentinel down-after-milliseconds %s %d\n", masterName, c.DownAfter.Milliseconds())
+	}
+	if c.FailoverTimeout > 0 {
+		fmt.Fprintf(&extra, "sentinel failover-timeout %s %d\n", masterName, c.FailoverTimeout.Milliseconds())
+	}
+	addrs := make([]string, n)
+	for i := range addrs {
+		addrs[i] = startSentinel(t, masterName, masterAddr, quorum, extra.String())
+	}
+	// Sentinels find the replicas in the master's INFO and each other
+	// through its __sentinel__:hello channel (every 2 s).
+	want := fmt.Sprintf("slaves=%d,sentinels=%d", c.Replicas, n)
+	deadline := time.Now().Add(startTimeout)
+	for _, a := range addrs {
+		for {
+			info, err := do(a, "INFO", "sentinel")
+			if err == nil && strings.Contains(info, "name="+masterName+",status=ok,") && strings.Contains(info, want) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("sentinel on %s does not see %s after %v: %v\n%s", a, want, startTimeout, err, info)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	return addrs
+}
+
+// startSentinel starts one Sentinel; extra is more sentinel.conf lines for
+// the master (after its "sentinel monitor").
+func startSentinel(t testing.TB, masterName, masterAddr string, quorum int, extra string) string {
+	t.Helper()
 	bin := testenv.Command(t, "redis-server")
 	dir := t.TempDir()
 	port := testenv.FreePort(t)
@@ -197,17 +281,20 @@ func StartSentinel(t testing.TB, masterName, masterAddr string) string {
 		t.Fatalf("redistest: master address %q: %v", masterAddr, err)
 	}
 	conf := filepath.Join(dir, "sentinel.conf")
-	body := fmt.Sprintf("port %d\nbind 127.0.0.1\ndir %s\nlogfile %s\nsentinel monitor %s %s %s 1\n",
-		port, dir, filepath.Join(dir, "sentinel.log"), masterName, host, mport)
+	body := fmt.Sprintf("port %d\nbind 127.0.0.1\ndir %s\nlogfile %s\nsentinel monitor %s %s %s %d\n%s",
+		port, dir, filepath.Join(dir, "sentinel.log"), masterName, host, mport, quorum, extra)
 	if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	cmd := start(t, bin, dir, []string{conf, "--sentinel"})
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	t.Cleanup(func() {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("sentinel %s log:\n%s", addr, tail(filepath.Join(dir, "sentinel.log")))
+		}
 	})
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	deadline := time.Now().Add(startTimeout)
 	for {
 		r, err := do(addr, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", masterName)
