@@ -209,6 +209,9 @@ func serve(ctx context.Context, c config.Config, log *slog.Logger) error {
 		run("metrics.listen", func() error { return httpServe(ms, metricsL) })
 	}
 
+	if c.Dovecot.APIHeader == "" {
+		log.Warn("dovecot.api_header is empty: any process that reaches dovecot.listen can report failed logins; set it and Dovecot's auth_policy_server_api_header")
+	}
 	log.Info("mailguard started", "version", Version, "postfix", c.Postfix.Listen, "dovecot", c.Dovecot.Listen,
 		"admin", c.Admin.Socket, "metrics", c.Metrics.Listen, "store", c.Store.Backend, "state_dir", c.StateDir,
 		"firewall", c.Firewall.Backend, "jails", len(g.Jails()))
