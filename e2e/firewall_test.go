@@ -6,26 +6,22 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/nftables"
-	"golang.org/x/sys/unix"
 
+	"github.com/mailguard/mailguard/internal/netnstest"
 	"github.com/mailguard/mailguard/internal/testenv"
 )
 
@@ -39,10 +35,8 @@ import (
 //
 // 10.201.0.3 is in ignoreip.
 var (
-	fwSrv4     = netip.MustParseAddr("10.201.0.1")
 	fwCli4     = netip.MustParseAddr("10.201.0.2")
 	fwIgnored4 = netip.MustParseAddr("10.201.0.3")
-	fwSrv6     = netip.MustParseAddr("fd00:201::1")
 	fwCli6a    = netip.MustParseAddr("fd00:201::2")
 	fwCli6b    = netip.MustParseAddr("fd00:201::3")
 )
@@ -58,137 +52,34 @@ const (
 	fwWithin = 15 * time.Second
 )
 
-// nsThread runs functions on one OS thread that has entered a network
-// namespace, as firewall's tests do: a socket belongs to the namespace of the
-// thread that creates it. The thread is never handed back to the scheduler;
-// it dies with its goroutine.
-type nsThread struct {
-	work chan func()
-	done chan struct{}
-}
-
-func enterNetNS(t *testing.T, name string) *nsThread {
-	t.Helper()
-	f, err := os.Open("/run/netns/" + name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := &nsThread{work: make(chan func()), done: make(chan struct{})}
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked
-		defer close(n.done)
-		err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET)
-		f.Close()
-		errc <- err
-		if err != nil {
-			return
-		}
-		for fn := range n.work {
-			fn()
-		}
-	}()
-	if err := <-errc; err != nil {
-		<-n.done
-		t.Fatalf("setns %s: %v", name, err)
-	}
-	t.Cleanup(func() { close(n.work); <-n.done })
-	return n
-}
-
-// do runs fn on the namespace's thread and waits for it.
-func (n *nsThread) do(fn func()) {
-	ran := make(chan struct{})
-	n.work <- func() { defer close(ran); fn() }
-	<-ran
-}
-
-// dial opens a TCP connection from inside the namespace.
-func (n *nsThread) dial(ctx context.Context, d *net.Dialer, network, addr string) (c net.Conn, err error) {
-	n.do(func() { c, err = d.DialContext(ctx, network, addr) })
-	return c, err
-}
-
 // fwNet is the pair of namespaces of one test.
 type fwNet struct {
-	server, client string // namespace names
-	srv, cli       *nsThread
-	http           *http.Client // dials from the server namespace: the daemon's dovecot.listen
+	*netnstest.Net
+	http *http.Client // dials from the server namespace: the daemon's dovecot.listen
 }
 
 // newFWNet builds the namespaces and removes them when the test ends,
 // whatever happens.
 func newFWNet(t *testing.T) *fwNet {
 	t.Helper()
-	testenv.Root(t)
-	ip := testenv.Command(t, "ip")
-	var rnd [4]byte
-	_, _ = rand.Read(rnd[:])
-	id := hex.EncodeToString(rnd[:])
-	n := &fwNet{server: "mge2e-" + id + "-s", client: "mge2e-" + id + "-c"}
-	run := func(args ...string) {
-		t.Helper()
-		if out, err := exec.Command(ip, args...).CombinedOutput(); err != nil {
-			t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-	}
-	for _, ns := range []string{n.server, n.client} {
-		run("netns", "add", ns)
-		t.Cleanup(func() { _ = exec.Command(ip, "netns", "del", ns).Run() })
-	}
-	vs, vc := "mges"+id, "mgec"+id
-	run("link", "add", vs, "netns", n.server, "type", "veth", "peer", "name", vc, "netns", n.client)
-	for _, c := range [][]string{
-		{n.server, "link", "set", "lo", "up"},
-		{n.server, "link", "set", vs, "up"},
-		{n.server, "addr", "add", "10.201.0.1/24", "dev", vs},
-		{n.server, "addr", "add", "fd00:201::1/64", "dev", vs, "nodad"},
-		{n.client, "link", "set", "lo", "up"},
-		{n.client, "link", "set", vc, "up"},
-		{n.client, "addr", "add", "10.201.0.2/24", "dev", vc},
-		{n.client, "addr", "add", "10.201.0.3/24", "dev", vc},
-		{n.client, "addr", "add", "fd00:201::2/64", "dev", vc, "nodad"},
-		{n.client, "addr", "add", "fd00:201::3/64", "dev", vc, "nodad"},
-	} {
-		run(append([]string{"-n"}, c...)...)
-	}
-	n.srv = enterNetNS(t, n.server)
-	n.cli = enterNetNS(t, n.client)
-	for _, port := range []int{fwIMAPS, fwOther} {
-		var l net.Listener
-		var err error
-		n.srv.do(func() { l, err = net.Listen("tcp", net.JoinHostPort("::", strconv.Itoa(port))) })
-		if err != nil {
-			t.Fatalf("listen in %s: %v", n.server, err)
-		}
-		var wg sync.WaitGroup
-		wg.Go(func() {
-			for {
-				c, err := l.Accept()
-				if err != nil {
-					return
-				}
-				c.Close()
-			}
-		})
-		t.Cleanup(func() { l.Close(); wg.Wait() })
-	}
+	n := &fwNet{Net: netnstest.New(t, netnstest.Config{
+		Name:        "mge2e",
+		Server:      []netip.Prefix{netip.MustParsePrefix("10.201.0.1/24"), netip.MustParsePrefix("fd00:201::1/64")},
+		Client:      []netip.Prefix{netip.PrefixFrom(fwCli4, 24), netip.PrefixFrom(fwIgnored4, 24), netip.PrefixFrom(fwCli6a, 64), netip.PrefixFrom(fwCli6b, 64)},
+		Ports:       []int{fwIMAPS, fwOther},
+		Ready:       10 * time.Second,
+		OpenTimeout: 5 * time.Second,
+		DropTimeout: fwDropped,
+		PollTimeout: fwDropped,
+	})}
+	srv := netnstest.Enter(t, n.Server)
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			return n.srv.dial(ctx, &net.Dialer{}, network, addr)
+			return srv.DialContext(ctx, &net.Dialer{}, network, addr)
 		},
 	}
 	t.Cleanup(tr.CloseIdleConnections)
 	n.http = &http.Client{Transport: tr, Timeout: 10 * time.Second}
-	deadline := time.Now().Add(10 * time.Second)
-	for _, src := range []netip.Addr{fwCli4, fwIgnored4, fwCli6a, fwCli6b} {
-		for n.dial(src, fwOther, time.Second) != nil {
-			if time.Now().After(deadline) {
-				t.Fatalf("no connectivity from %v: %v", src, n.dial(src, fwOther, time.Second))
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
 	return n
 }
 
@@ -207,7 +98,7 @@ func (n *fwNet) newDaemon(t *testing.T, backend string, sets ...string) *Daemon 
 	switch backend {
 	case "nftables":
 		// nf_tables in the kernel, and nft for the checks by hand.
-		if out, err := n.exec(testenv.Command(t, "nft"), "list", "tables"); err != nil {
+		if out, err := n.Exec(testenv.Command(t, "nft"), "list", "tables"); err != nil {
 			testenv.Missing(t, fmt.Sprintf("nft list tables: %v: %s", err, out))
 		}
 	case "iptables":
@@ -218,97 +109,8 @@ func (n *fwNet) newDaemon(t *testing.T, backend string, sets ...string) *Daemon 
 		"firewall.backend=" + backend, "firewall.reconcile_interval=1s",
 		"jails.dovecot.maxretry=3", "ignoreip=127.0.0.1,::1," + fwIgnored4.String(),
 	}, sets...)...)
-	d.NetNS = n.server
+	d.NetNS = n.Server
 	return d
-}
-
-// exec runs a command inside the server namespace.
-func (n *fwNet) exec(args ...string) (string, error) {
-	out, err := exec.Command("ip", append([]string{"netns", "exec", n.server}, args...)...).CombinedOutput()
-	return string(out), err
-}
-
-// mustExec runs a command inside the server namespace that must succeed.
-func (n *fwNet) mustExec(t *testing.T, args ...string) string {
-	t.Helper()
-	out, err := n.exec(args...)
-	if err != nil {
-		t.Fatalf("ip netns exec %s %s: %v\n%s", n.server, strings.Join(args, " "), err, out)
-	}
-	return out
-}
-
-// dial connects from src (a client address) to the server's address of the
-// same family on port.
-func (n *fwNet) dial(src netip.Addr, port int, timeout time.Duration) error {
-	dst := fwSrv4
-	if src.Is6() {
-		dst = fwSrv6
-	}
-	d := &net.Dialer{Timeout: timeout, LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))}
-	c, err := n.cli.dial(context.Background(), d, "tcp", netip.AddrPortFrom(dst, uint16(port)).String())
-	if err == nil {
-		c.Close()
-	}
-	return err
-}
-
-// dropped reports whether a connection attempt from src to port timed out
-// (the SYN was dropped); an error of another kind fails the test.
-func (n *fwNet) dropped(t *testing.T, src netip.Addr, port int) bool {
-	t.Helper()
-	err := n.dial(src, port, fwDropped)
-	var ne net.Error
-	switch {
-	case err == nil:
-		return false
-	case errors.As(err, &ne) && ne.Timeout():
-		return true
-	}
-	t.Fatalf("connect from %v to port %d: %v, want connected or timed out", src, port, err)
-	return false
-}
-
-// wantOpen fails unless src can connect to port.
-func (n *fwNet) wantOpen(t *testing.T, src netip.Addr, port int) {
-	t.Helper()
-	if err := n.dial(src, port, 5*time.Second); err != nil {
-		t.Errorf("connect from %v to port %d: %v, want connected", src, port, err)
-	}
-}
-
-// wantDropped fails unless a connection from src to port is dropped.
-func (n *fwNet) wantDropped(t *testing.T, src netip.Addr, port int) {
-	t.Helper()
-	if !n.dropped(t, src, port) {
-		t.Errorf("connect from %v to port %d: connected, want dropped", src, port)
-	}
-}
-
-// waitDropped polls until connections from src to port are dropped.
-func (n *fwNet) waitDropped(t *testing.T, src netip.Addr, port int) time.Duration {
-	t.Helper()
-	start := time.Now()
-	for !n.dropped(t, src, port) {
-		if time.Since(start) > fwWithin {
-			t.Fatalf("connections from %v to port %d still accepted after %v", src, port, fwWithin)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return time.Since(start)
-}
-
-// waitOpen polls until src can connect to port again.
-func (n *fwNet) waitOpen(t *testing.T, src netip.Addr, port int, within time.Duration) time.Duration {
-	t.Helper()
-	start := time.Now()
-	for n.dial(src, port, fwDropped) != nil {
-		if time.Since(start) > within {
-			t.Fatalf("connections from %v to port %d still dropped after %v", src, port, within)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return time.Since(start)
 }
 
 // report sends what Dovecot's auth policy posts after a failed login from
@@ -352,28 +154,28 @@ func firewallList(t *testing.T, d *Daemon, backend string) string {
 func TestFirewallBanByFailures(t *testing.T) {
 	n := newFWNet(t)
 	d := n.daemon(t, "nftables")
-	n.wantOpen(t, fwCli4, fwIMAPS)
+	n.WantOpen(t, fwCli4, fwIMAPS)
 
 	n.report(t, d, fwCli4, "alice@example.org")
 	n.report(t, d, fwCli4, "alice@example.org")
-	n.wantOpen(t, fwCli4, fwIMAPS) // two failures: not yet
+	n.WantOpen(t, fwCli4, fwIMAPS) // two failures: not yet
 	n.report(t, d, fwCli4, "alice@example.org")
-	n.waitDropped(t, fwCli4, fwIMAPS)
-	n.wantOpen(t, fwCli4, fwOther)
-	n.wantOpen(t, fwCli6a, fwIMAPS)
+	n.WaitDropped(t, fwCli4, fwIMAPS, fwWithin)
+	n.WantOpen(t, fwCli4, fwOther)
+	n.WantOpen(t, fwCli6a, fwIMAPS)
 	if out := firewallList(t, d, "nftables"); !strings.Contains(out, "10.201.0.2/32") || !strings.Contains(out, "993") {
 		t.Errorf("firewall list lacks 10.201.0.2/32 on 993:\n%s", out)
 	}
 
 	d.MustCLI("unban", fwCli4.String())
-	n.waitOpen(t, fwCli4, fwIMAPS, fwWithin)
-	n.wantOpen(t, fwCli4, fwOther)
+	n.WaitOpen(t, fwCli4, fwIMAPS, fwWithin)
+	n.WantOpen(t, fwCli4, fwOther)
 
 	// A short ban runs out in the kernel (and the store) by itself.
 	start := time.Now()
 	d.MustCLI("ban", fwCli4.String(), "--jail", "dovecot", "--for", "3s")
-	n.waitDropped(t, fwCli4, fwIMAPS)
-	n.waitOpen(t, fwCli4, fwIMAPS, 20*time.Second)
+	n.WaitDropped(t, fwCli4, fwIMAPS, fwWithin)
+	n.WaitOpen(t, fwCli4, fwIMAPS, 20*time.Second)
 	lasted := time.Since(start)
 	t.Logf("a 3s ban: open again %v after the ban command started", lasted.Round(time.Millisecond))
 	if lasted < 2900*time.Millisecond {
@@ -381,7 +183,7 @@ func TestFirewallBanByFailures(t *testing.T) {
 	}
 	// Still open after a few reconciles: nothing puts an expired ban back.
 	time.Sleep(2 * time.Second)
-	n.wantOpen(t, fwCli4, fwIMAPS)
+	n.WantOpen(t, fwCli4, fwIMAPS)
 }
 
 // Failures from one IPv6 address ban its /64: every address in it is dropped.
@@ -389,16 +191,16 @@ func TestFirewallIPv6Prefix(t *testing.T) {
 	n := newFWNet(t)
 	d := n.daemon(t, "nftables")
 	n.fail(t, d, fwCli6a)
-	n.waitDropped(t, fwCli6a, fwIMAPS)
-	n.wantDropped(t, fwCli6b, fwIMAPS)
-	n.wantOpen(t, fwCli6b, fwOther)
-	n.wantOpen(t, fwCli4, fwIMAPS)
+	n.WaitDropped(t, fwCli6a, fwIMAPS, fwWithin)
+	n.WantDropped(t, fwCli6b, fwIMAPS)
+	n.WantOpen(t, fwCli6b, fwOther)
+	n.WantOpen(t, fwCli4, fwIMAPS)
 	if out := firewallList(t, d, "nftables"); !strings.Contains(out, "fd00:201::/64") {
 		t.Errorf("firewall list lacks fd00:201::/64:\n%s", out)
 	}
 	d.MustCLI("unban", "fd00:201::/64")
-	n.waitOpen(t, fwCli6a, fwIMAPS, fwWithin)
-	n.wantOpen(t, fwCli6b, fwIMAPS)
+	n.WaitOpen(t, fwCli6a, fwIMAPS, fwWithin)
+	n.WantOpen(t, fwCli6b, fwIMAPS)
 }
 
 // The same through iptables: with ipset, and with one rule per ban on a host
@@ -420,14 +222,14 @@ func TestFirewallIPTables(t *testing.T) {
 			}
 			d.Start()
 			n.fail(t, d, fwCli4)
-			n.waitDropped(t, fwCli4, fwIMAPS)
-			n.wantOpen(t, fwCli4, fwOther)
+			n.WaitDropped(t, fwCli4, fwIMAPS, fwWithin)
+			n.WantOpen(t, fwCli4, fwOther)
 			n.fail(t, d, fwCli6a)
-			n.waitDropped(t, fwCli6b, fwIMAPS)
-			n.wantOpen(t, fwCli6b, fwOther)
+			n.WaitDropped(t, fwCli6b, fwIMAPS, fwWithin)
+			n.WantOpen(t, fwCli6b, fwOther)
 
-			rules := n.mustExec(t, "iptables", "-S", "MAILGUARD")
-			sets, _ := n.exec("ipset", "list", "-n")
+			rules := n.MustExec(t, "iptables", "-S", "MAILGUARD")
+			sets, _ := n.Exec("ipset", "list", "-n")
 			if withIPSet {
 				if !strings.Contains(rules, "match-set mailguard4-") || !strings.Contains(sets, "mailguard6-") {
 					t.Errorf("ipset mode: rules\n%s\nsets\n%s", rules, sets)
@@ -443,8 +245,8 @@ func TestFirewallIPTables(t *testing.T) {
 
 			d.MustCLI("unban", fwCli4.String())
 			d.MustCLI("unban", "fd00:201::/64")
-			n.waitOpen(t, fwCli4, fwIMAPS, fwWithin)
-			n.waitOpen(t, fwCli6a, fwIMAPS, fwWithin)
+			n.WaitOpen(t, fwCli4, fwIMAPS, fwWithin)
+			n.WaitOpen(t, fwCli6a, fwIMAPS, fwWithin)
 		})
 	}
 }
@@ -468,11 +270,11 @@ func TestFirewallRestartKeepsKernelBans(t *testing.T) {
 	n := newFWNet(t)
 	d := n.daemon(t, "nftables")
 	n.fail(t, d, fwCli4)
-	n.waitDropped(t, fwCli4, fwIMAPS)
+	n.WaitDropped(t, fwCli4, fwIMAPS, fwWithin)
 
 	d.Kill()
-	n.wantDropped(t, fwCli4, fwIMAPS)
-	n.wantOpen(t, fwCli4, fwOther)
+	n.WantDropped(t, fwCli4, fwIMAPS)
+	n.WantOpen(t, fwCli4, fwOther)
 	if out := firewallList(t, d, "nftables"); !strings.Contains(out, "10.201.0.2/32") {
 		t.Errorf("firewall list with the daemon down lacks 10.201.0.2/32:\n%s", out)
 	}
@@ -480,13 +282,13 @@ func TestFirewallRestartKeepsKernelBans(t *testing.T) {
 	d.Start()
 	// Across a few reconciles: the start's Sync keeps it.
 	for range 3 {
-		n.wantDropped(t, fwCli4, fwIMAPS)
+		n.WantDropped(t, fwCli4, fwIMAPS)
 		time.Sleep(500 * time.Millisecond)
 	}
 	if out := firewallList(t, d, "nftables"); !strings.Contains(out, "10.201.0.2/32") || !strings.Contains(out, "1 bans") {
 		t.Errorf("firewall list after restart:\n%s", out)
 	}
-	n.wantOpen(t, fwCli6a, fwIMAPS)
+	n.WantOpen(t, fwCli6a, fwIMAPS)
 }
 
 // A set flushed by hand is refilled at the next reconcile.
@@ -494,22 +296,22 @@ func TestFirewallReconcileRepairs(t *testing.T) {
 	n := newFWNet(t)
 	d := n.daemon(t, "nftables")
 	n.fail(t, d, fwCli4)
-	n.waitDropped(t, fwCli4, fwIMAPS)
+	n.WaitDropped(t, fwCli4, fwIMAPS, fwWithin)
 
 	set := nftSetOf(t, n, "10.201.0.2")
-	n.mustExec(t, "nft", "flush", "set", "inet", "mailguard", set)
+	n.MustExec(t, "nft", "flush", "set", "inet", "mailguard", set)
 	// Whether the flush is seen before the reconcile puts it back is a race
 	// we do not bet on; the set must hold the ban again, and it must work.
 	took := time.Now()
-	for !strings.Contains(n.mustExec(t, "nft", "list", "set", "inet", "mailguard", set), "10.201.0.2") {
+	for !strings.Contains(n.MustExec(t, "nft", "list", "set", "inet", "mailguard", set), "10.201.0.2") {
 		if time.Since(took) > fwWithin {
 			t.Fatalf("set %s still empty after %v", set, fwWithin)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 	t.Logf("set %s refilled %v after the flush", set, time.Since(took).Round(time.Millisecond))
-	n.wantDropped(t, fwCli4, fwIMAPS)
-	n.wantOpen(t, fwCli4, fwOther)
+	n.WantDropped(t, fwCli4, fwIMAPS)
+	n.WantOpen(t, fwCli4, fwOther)
 }
 
 // nftSetOf returns the name of mailguard's set holding elem.
@@ -523,7 +325,7 @@ func nftSetOf(t *testing.T, n *fwNet, elem string) string {
 			} `json:"set"`
 		} `json:"nftables"`
 	}
-	out := n.mustExec(t, "nft", "-j", "list", "sets", "inet")
+	out := n.MustExec(t, "nft", "-j", "list", "sets", "inet")
 	if err := json.Unmarshal([]byte(out), &sets); err != nil {
 		t.Fatalf("nft -j list sets: %v\n%s", err, out)
 	}
@@ -531,7 +333,7 @@ func nftSetOf(t *testing.T, n *fwNet, elem string) string {
 		if s.Set == nil || s.Set.Table != "mailguard" {
 			continue
 		}
-		if strings.Contains(n.mustExec(t, "nft", "list", "set", "inet", "mailguard", s.Set.Name), elem) {
+		if strings.Contains(n.MustExec(t, "nft", "list", "set", "inet", "mailguard", s.Set.Name), elem) {
 			return s.Set.Name
 		}
 	}
@@ -554,8 +356,8 @@ func TestFirewallIgnoreIP(t *testing.T) {
 	// The control: a banned client, so we know the kernel has been written
 	// since the refusals.
 	n.fail(t, d, fwCli4)
-	n.waitDropped(t, fwCli4, fwIMAPS)
-	n.wantOpen(t, fwIgnored4, fwIMAPS)
+	n.WaitDropped(t, fwCli4, fwIMAPS, fwWithin)
+	n.WantOpen(t, fwIgnored4, fwIMAPS)
 	out = firewallList(t, d, "nftables")
 	if strings.Contains(out, "10.201.0.3") || !strings.Contains(out, "1 bans") {
 		t.Errorf("firewall list holds an ignoreip address, or not just the one ban:\n%s", out)
@@ -570,28 +372,28 @@ func TestFirewallIgnoreIP(t *testing.T) {
 func TestFirewallFlush(t *testing.T) {
 	n := newFWNet(t)
 	// Someone else's table in the same family: flush must leave it.
-	n.mustExec(t, "nft", "add", "table", "inet", "other")
+	n.MustExec(t, "nft", "add", "table", "inet", "other")
 	d := n.daemon(t, "nftables")
 	n.fail(t, d, fwCli4)
-	n.waitDropped(t, fwCli4, fwIMAPS)
+	n.WaitDropped(t, fwCli4, fwIMAPS, fwWithin)
 
 	d.Stop() // a running daemon would put its table back at its next reconcile
-	n.wantDropped(t, fwCli4, fwIMAPS)
+	n.WantDropped(t, fwCli4, fwIMAPS)
 	d.MustCLI("firewall", "flush", "--backend", "nftables")
-	tables := n.mustExec(t, "nft", "list", "tables")
+	tables := n.MustExec(t, "nft", "list", "tables")
 	if strings.Contains(tables, "mailguard") || !strings.Contains(tables, "inet other") {
 		t.Errorf("after firewall flush, tables:\n%s", tables)
 	}
-	n.wantOpen(t, fwCli4, fwIMAPS)
+	n.WantOpen(t, fwCli4, fwIMAPS)
 	if out := firewallList(t, d, "nftables"); !strings.Contains(out, "0 bans") {
 		t.Errorf("firewall list after flush:\n%s", out)
 	}
-	if tables := n.mustExec(t, "nft", "list", "tables"); strings.Contains(tables, "mailguard") {
+	if tables := n.MustExec(t, "nft", "list", "tables"); strings.Contains(tables, "mailguard") {
 		t.Errorf("firewall list created the table:\n%s", tables)
 	}
 
 	d.Start()
-	n.waitDropped(t, fwCli4, fwIMAPS)
+	n.WaitDropped(t, fwCli4, fwIMAPS, fwWithin)
 }
 
 // TestFirewallMeasureFailureToKernel measures the time from the answer to
@@ -614,7 +416,7 @@ func TestFirewallMeasureFailureToKernel(t *testing.T) {
 	d := n.newDaemon(t, "nftables", "firewall.reconcile_interval=1m", "log.level=info")
 	d.Start()
 
-	f, err := os.Open("/run/netns/" + n.server)
+	f, err := os.Open(netnstest.Path(n.Server))
 	if err != nil {
 		t.Fatal(err)
 	}

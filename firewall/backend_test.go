@@ -27,13 +27,13 @@ func testBackend(t *testing.T, h harness) {
 		if err := b.Add(ctx, []Entry{e}); err != nil {
 			t.Fatalf("Add: %v", err)
 		}
-		n.wantBlocked(t, cli4, mailPort)
-		n.wantOpen(t, cli4, otherPort)
-		n.wantOpen(t, cli6a, mailPort)
+		n.WantDropped(t, cli4, mailPort)
+		n.WantOpen(t, cli4, otherPort)
+		n.WantOpen(t, cli6a, mailPort)
 		if err := b.Remove(ctx, []Entry{e}); err != nil {
 			t.Fatalf("Remove: %v", err)
 		}
-		n.wantOpen(t, cli4, mailPort)
+		n.WantOpen(t, cli4, mailPort)
 		if err := b.Remove(ctx, []Entry{e}); err != nil {
 			t.Errorf("Remove of an entry not held: %v", err)
 		}
@@ -51,10 +51,10 @@ func testBackend(t *testing.T, h harness) {
 		if err := b.Add(ctx, es); err != nil {
 			t.Fatalf("Add: %v", err)
 		}
-		n.wantBlocked(t, cli4, mailPort)
-		n.wantBlocked(t, cli6a, mailPort)
-		n.waitOpen(t, cli4, mailPort, 15*time.Second)
-		n.waitOpen(t, cli6b, mailPort, 5*time.Second)
+		n.WantDropped(t, cli4, mailPort)
+		n.WantDropped(t, cli6a, mailPort)
+		n.WaitOpen(t, cli4, mailPort, 15*time.Second)
+		n.WaitOpen(t, cli6b, mailPort, 5*time.Second)
 		t.Logf("a 2s ban: open again after %v", time.Since(start).Round(time.Millisecond))
 		// The kernel (or the sweeper) forgets it too.
 		deadline := time.Now().Add(5 * time.Second)
@@ -79,7 +79,7 @@ func testBackend(t *testing.T, h harness) {
 		if err := b.Add(ctx, es[:1]); err != nil {
 			t.Fatalf("Add after expiry: %v", err)
 		}
-		n.wantBlocked(t, cli4, mailPort)
+		n.WantDropped(t, cli4, mailPort)
 	})
 
 	t.Run("IPv6", func(t *testing.T) {
@@ -89,10 +89,10 @@ func testBackend(t *testing.T, h harness) {
 		if err := b.Add(ctx, []Entry{{Prefix: pfx("fd00:200::/64"), Ports: mail, Expires: time.Now().Add(time.Hour)}}); err != nil {
 			t.Fatalf("Add /64: %v", err)
 		}
-		n.wantBlocked(t, cli6a, mailPort)
-		n.wantBlocked(t, cli6b, mailPort)
-		n.wantOpen(t, cli6a, otherPort)
-		n.wantOpen(t, cli4, mailPort)
+		n.WantDropped(t, cli6a, mailPort)
+		n.WantDropped(t, cli6b, mailPort)
+		n.WantOpen(t, cli6a, otherPort)
+		n.WantOpen(t, cli4, mailPort)
 		// A /128 inside the /64, same ports: both held, lifting the /64
 		// leaves the host banned.
 		host := Entry{Prefix: pfx("fd00:200::2/128"), Ports: mail, Expires: time.Now().Add(time.Hour)}
@@ -102,8 +102,8 @@ func testBackend(t *testing.T, h harness) {
 		if err := b.Remove(ctx, []Entry{{Prefix: pfx("fd00:200::/64"), Ports: mail}}); err != nil {
 			t.Fatalf("Remove /64: %v", err)
 		}
-		n.wantBlocked(t, cli6a, mailPort)
-		n.wantOpen(t, cli6b, mailPort)
+		n.WantDropped(t, cli6a, mailPort)
+		n.WantOpen(t, cli6b, mailPort)
 		got, err := b.List(ctx)
 		if err != nil {
 			t.Fatal(err)
@@ -126,7 +126,7 @@ func testBackend(t *testing.T, h harness) {
 			t.Fatalf("Add again with a later expiry: %v", err)
 		}
 		time.Sleep(3 * time.Second)
-		n.wantBlocked(t, cli4, mailPort)
+		n.WantDropped(t, cli4, mailPort)
 		got, err := b.List(ctx)
 		if err != nil {
 			t.Fatal(err)
@@ -162,7 +162,7 @@ func testBackend(t *testing.T, h harness) {
 		if err := Flush(ctx, h.name, Options{NetNS: n.serverPath}); err != nil {
 			t.Fatalf("Flush: %v", err)
 		}
-		n.wantOpen(t, cli6b, mailPort)
+		n.WantOpen(t, cli6b, mailPort)
 		if !h.gone(t, n) {
 			t.Errorf("Flush left something of ours behind")
 		}
@@ -184,28 +184,28 @@ func testBackend(t *testing.T, h harness) {
 		if err := b.Sync(ctx, want); err != nil {
 			t.Fatalf("Sync: %v", err)
 		}
-		n.wantBlocked(t, cli4, mailPort)
-		n.wantOpen(t, cli4, otherPort) // the entry Sync did not name is gone
-		n.wantBlocked(t, cli6b, mailPort)
+		n.WantDropped(t, cli4, mailPort)
+		n.WantOpen(t, cli4, otherPort) // the entry Sync did not name is gone
+		n.WantDropped(t, cli6b, mailPort)
 
 		if testing.Verbose() && h.dump != nil {
 			t.Log(h.dump(t, n))
 		}
 		h.breakByHand(t, n)
-		n.wantOpen(t, cli4, mailPort)
+		n.WantOpen(t, cli4, mailPort)
 		if err := b.Sync(ctx, want); err != nil {
 			t.Fatalf("Sync after a flush by hand: %v", err)
 		}
-		n.wantBlocked(t, cli4, mailPort)
-		n.wantBlocked(t, cli6a, mailPort)
+		n.WantDropped(t, cli4, mailPort)
+		n.WantDropped(t, cli6a, mailPort)
 
 		// A daemon restart: the bans stay in force and a new instance sees them.
 		if err := b.Close(); err != nil {
 			t.Fatalf("Close: %v", err)
 		}
-		n.wantBlocked(t, cli4, mailPort)
+		n.WantDropped(t, cli4, mailPort)
 		b = h.open(t, n)
-		n.wantBlocked(t, cli4, mailPort)
+		n.WantDropped(t, cli4, mailPort)
 		got, err := b.List(ctx)
 		if err != nil {
 			t.Fatalf("List after restart: %v", err)
@@ -222,8 +222,8 @@ func testBackend(t *testing.T, h harness) {
 		if err := b.Flush(ctx); err != nil {
 			t.Fatalf("Flush: %v", err)
 		}
-		n.wantOpen(t, cli4, mailPort)
-		n.wantOpen(t, cli6a, mailPort)
+		n.WantOpen(t, cli4, mailPort)
+		n.WantOpen(t, cli6a, mailPort)
 		if !h.gone(t, n) {
 			t.Errorf("Flush left something of ours behind")
 		}

@@ -25,18 +25,18 @@ func iptHarness(noIPSet bool) harness {
 		},
 		breakByHand: func(t *testing.T, n *testNet) {
 			if noIPSet {
-				n.nsRun(t, "iptables", "-F", iptChain)
-				n.nsRun(t, "ip6tables", "-F", iptChain)
+				n.MustExec(t, "iptables", "-F", iptChain)
+				n.MustExec(t, "ip6tables", "-F", iptChain)
 				return
 			}
-			for _, name := range strings.Fields(n.nsRun(t, "ipset", "list", "-n")) {
-				n.nsRun(t, "ipset", "flush", name)
+			for _, name := range strings.Fields(n.MustExec(t, "ipset", "list", "-n")) {
+				n.MustExec(t, "ipset", "flush", name)
 			}
 		},
 		dump: func(t *testing.T, n *testNet) string {
-			s := n.nsRun(t, "iptables", "-S") + n.nsRun(t, "ip6tables", "-S")
+			s := n.MustExec(t, "iptables", "-S") + n.MustExec(t, "ip6tables", "-S")
 			if !noIPSet {
-				s += n.nsRun(t, "ipset", "save")
+				s += n.MustExec(t, "ipset", "save")
 			}
 			return s
 		},
@@ -46,15 +46,15 @@ func iptHarness(noIPSet bool) harness {
 			}
 			// The sweeper deletes the rules whose time has passed.
 			deadline := time.Now().Add(5 * time.Second)
-			for strings.Contains(n.nsRun(t, "iptables", "-S", iptChain)+n.nsRun(t, "ip6tables", "-S", iptChain), "until=") {
+			for strings.Contains(n.MustExec(t, "iptables", "-S", iptChain)+n.MustExec(t, "ip6tables", "-S", iptChain), "until=") {
 				if time.Now().After(deadline) {
-					t.Fatalf("expired rules not swept:\n%s", n.nsRun(t, "iptables", "-S", iptChain))
+					t.Fatalf("expired rules not swept:\n%s", n.MustExec(t, "iptables", "-S", iptChain))
 				}
 				time.Sleep(100 * time.Millisecond)
 			}
 		},
 		gone: func(t *testing.T, n *testNet) bool {
-			s := n.nsRun(t, "iptables", "-S") + n.nsRun(t, "ip6tables", "-S") + n.nsRun(t, "ipset", "list", "-n")
+			s := n.MustExec(t, "iptables", "-S") + n.MustExec(t, "ip6tables", "-S") + n.MustExec(t, "ipset", "list", "-n")
 			return !strings.Contains(strings.ToLower(s), "mailguard")
 		},
 	}

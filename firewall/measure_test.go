@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"os/exec"
 	"runtime"
 	"slices"
 	"strconv"
@@ -89,11 +88,11 @@ func inForce(t *testing.T, n *testNet, b Backend, rounds int) {
 			t.Fatal(err)
 		}
 		ds = append(ds, time.Since(start))
-		n.wantBlocked(t, cli4, mailPort)
+		n.WantDropped(t, cli4, mailPort)
 		if err := b.Remove(ctx, []Entry{e}); err != nil {
 			t.Fatal(err)
 		}
-		n.wantOpen(t, cli4, mailPort)
+		n.WantOpen(t, cli4, mailPort)
 	}
 	t.Logf("ban in force on return from Add, %d/%d rounds: Add %s", rounds, rounds, summary(ds))
 }
@@ -103,7 +102,7 @@ func connectLatency(t *testing.T, n *testNet, count int) string {
 	var ds []time.Duration
 	for range count {
 		start := time.Now()
-		if err := n.dial(cli6b, mailPort, 2*time.Second); err != nil {
+		if err := n.Dial(cli6b, mailPort, 2*time.Second); err != nil {
 			t.Fatalf("allowed client: %v", err)
 		}
 		ds = append(ds, time.Since(start))
@@ -218,7 +217,7 @@ func preloadRules(t *testing.T, n *testNet, es []Entry) {
 	v4.WriteString("COMMIT\n")
 	v6.WriteString("COMMIT\n")
 	for cmd, in := range map[string]*bytes.Buffer{"iptables-restore": &v4, "ip6tables-restore": &v6} {
-		c := exec.Command("ip", "netns", "exec", n.server, cmd, "--noflush")
+		c := n.Command(cmd, "--noflush")
 		c.Stdin = in
 		if out, err := c.CombinedOutput(); err != nil {
 			t.Fatalf("%s: %v\n%s", cmd, err, out)

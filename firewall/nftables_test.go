@@ -22,13 +22,13 @@ func TestNFTables(t *testing.T) {
 		breakByHand: func(t *testing.T, n *testNet) {
 			testenv.Command(t, "nft")
 			for _, set := range []string{"ban4_32_p25_465_587_993_995", "ban6_64_p25_465_587_993_995"} {
-				n.nsRun(t, "nft", "flush", "set", "inet", "mailguard", set)
+				n.MustExec(t, "nft", "flush", "set", "inet", "mailguard", set)
 			}
 		},
-		dump: func(t *testing.T, n *testNet) string { return n.nsRun(t, "nft", "list", "ruleset") },
+		dump: func(t *testing.T, n *testNet) string { return n.MustExec(t, "nft", "list", "ruleset") },
 		gone: func(t *testing.T, n *testNet) bool {
 			testenv.Command(t, "nft")
-			return !strings.Contains(n.nsRun(t, "nft", "list", "ruleset"), "mailguard")
+			return !strings.Contains(n.MustExec(t, "nft", "list", "ruleset"), "mailguard")
 		},
 	})
 }
