@@ -1,3 +1,5 @@
+//go:build measure
+
 package firewall
 
 import (
@@ -18,12 +20,9 @@ import (
 
 // TestMeasure prints the figures of the README: how fast a ban is in force,
 // what 100,000 bans cost, and what they do to connection latency, for each
-// backend. It runs only with MAILGUARD_FW_MEASURE=1 (about two minutes);
+// backend. It is built only with -tags measure (about two minutes);
 // every loop is bounded.
 func TestMeasure(t *testing.T) {
-	if os.Getenv("MAILGUARD_FW_MEASURE") != "1" {
-		t.Skip("set MAILGUARD_FW_MEASURE=1 to measure")
-	}
 	testenv.Root(t)
 	t.Run("nftables", measureNFT)
 	t.Run("ipset", func(t *testing.T) { measureIPT(t, false) })

@@ -511,7 +511,7 @@ const helperDirEnv = "MEMSTORE_HELPER_DIR"
 func TestHelperProcess(t *testing.T) {
 	dir := os.Getenv(helperDirEnv)
 	if dir == "" {
-		t.Skip("helper process for TestKill9")
+		return // run as a test: nothing to do
 	}
 	s, err := Open(Options{Dir: dir})
 	if err != nil {
