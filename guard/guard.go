@@ -276,11 +276,7 @@ func (g *Guard) event(ctx context.Context, kind string, a netip.Addr, user, prot
 		if !ok {
 			continue
 		}
-		h := store.Hit{
-			Jail: j.Name, Subject: s, Span: j.FindTime, MaxRetry: j.MaxRetry,
-			BanTime: j.BanTime, Recidive: g.recidive,
-			Reason: kind + " " + strings.ToLower(protocol),
-		}
+		h := g.hit(j, s, kind+" "+strings.ToLower(protocol))
 		if j.DistinctPasswords && member != "" {
 			h.Member = g.prefixes.of(a).String() + "|" + normUser(user) + "|" + member
 		}
@@ -289,10 +285,7 @@ func (g *Guard) event(ctx context.Context, kind string, a netip.Addr, user, prot
 			errs = append(errs, fmt.Errorf("guard: jail %s: %w", j.Name, err))
 			continue
 		}
-		if g.metrics != nil {
-			g.metrics.Failure(j.Name, protocol)
-		}
-		g.countProtocol(j.Name, protocol)
+		g.counted(j.Name, protocol)
 		g.log.Debug("failure", "jail", j.Name, "key", s, "count", r.Count, "protocol", protocol)
 		if r.Ban != nil {
 			bans = append(bans, *r.Ban)
@@ -304,6 +297,22 @@ func (g *Guard) event(ctx context.Context, kind string, a netip.Addr, user, prot
 		}
 	}
 	return bans, errors.Join(errs...)
+}
+
+// hit is the store.Hit of one failure of subject s in jail j.
+func (g *Guard) hit(j *Jail, s, reason string) store.Hit {
+	return store.Hit{
+		Jail: j.Name, Subject: s, Span: j.FindTime, MaxRetry: j.MaxRetry,
+		BanTime: j.BanTime, Recidive: g.recidive, Reason: reason,
+	}
+}
+
+// counted tells the metrics and the per-protocol status of a recorded event.
+func (g *Guard) counted(jail, protocol string) {
+	if g.metrics != nil {
+		g.metrics.Failure(jail, protocol)
+	}
+	g.countProtocol(jail, protocol)
 }
 
 func (g *Guard) countProtocol(jail, protocol string) {
@@ -350,7 +359,7 @@ func (g *Guard) Succeed(ctx context.Context, a netip.Addr, user string) error {
 	return nil
 }
 
-// Recipient counts n recipients sent by an authenticated user against the
+// Recipient counts one recipient sent by an authenticated user against the
 // rate-limit jails (those counting rcpt events); over tells the caller to
 // defer. Every recipient counts, deferred ones too: a sender that keeps
 // pushing stays over.
@@ -368,16 +377,11 @@ func (g *Guard) Recipient(ctx context.Context, a netip.Addr, user string) (over 
 		if !ok {
 			continue
 		}
-		r, err := g.st.Hit(ctx, store.Hit{
-			Jail: j.Name, Subject: s, Span: j.FindTime, MaxRetry: j.MaxRetry,
-			BanTime: j.BanTime, Recidive: g.recidive, Reason: EventRecipient,
-		})
+		r, err := g.st.Hit(ctx, g.hit(j, s, EventRecipient))
 		if err != nil {
 			return false, fmt.Errorf("guard: jail %s: %w", j.Name, err)
 		}
-		if g.metrics != nil {
-			g.metrics.Failure(j.Name, "smtp")
-		}
+		g.counted(j.Name, "smtp")
 		if r.Count > j.MaxRetry || r.Ban != nil {
 			if g.rateLogged.First(j.Name+"|"+s, g.now(), j.FindTime) {
 				g.log.Info("rate limit", "jail", j.Name, "key", s, "count", r.Count, "findtime", j.FindTime)

@@ -222,6 +222,10 @@ func TestRecipientRate(t *testing.T) {
 	if over, _ := g.Recipient(ctx, a, "carol@example.org"); over {
 		t.Fatalf("still over after findtime")
 	}
+	st, _ := g.Status(ctx, "postfix-rate")
+	if got := st[0].ByProtocol["smtp"]; got != 7 {
+		t.Errorf("postfix-rate counted %d smtp recipients, want 7", got)
+	}
 }
 
 func TestManualBanTargets(t *testing.T) {

@@ -78,20 +78,7 @@ func (e *env) watch() *watcher {
 }
 
 // next returns the next event that is not a probe, waiting up to eventWait.
-func (w *watcher) next() (store.Event, bool) {
-	timeout := time.After(eventWait)
-	for {
-		select {
-		case ev := <-w.events:
-			if ev.Ban.Jail == "storetest-probe" {
-				continue
-			}
-			return ev, true
-		case <-timeout:
-			return store.Event{}, false
-		}
-	}
-}
+func (w *watcher) next() (store.Event, bool) { return w.nextWithin(eventWait) }
 
 // expect checks that the next events are want, in order.
 func (w *watcher) expect(want ...store.Event) {
