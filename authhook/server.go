@@ -95,15 +95,21 @@ const (
 	ReasonBadRemote    = "bad-remote"   // 400: remote is not an IP address
 )
 
-// Defaults used for zero fields of Server.
+// Defaults used for zero fields of Server; mailguard's config takes its
+// defaults for dovecot.reject_msg, dovecot.max_conns, dovecot.timeout
+// (ReadTimeout) and store.timeout from here. DefaultMaxConns: Dovecot's auth
+// policy client keeps at most 100 connections per auth process
+// (max_parallel_connections in auth-policy.c), one auth process per server;
+// 1000 leaves room for several Dovecot servers or proxies on one mailguard.
+// DefaultReadTimeout: Dovecot sends a request at once and gives up after 2s.
 const (
-	DefaultRejectMsg     = "Too many failed logins, try again later"
+	DefaultRejectMsg     = "Too many failed logins from your network. Try again later or contact your mail administrator."
 	DefaultTempFailMsg   = "Temporary authentication failure, try again later"
-	DefaultTimeout       = time.Second // Dovecot waits 2s (auth_policy_server_timeout_msecs)
+	DefaultTimeout       = 500 * time.Millisecond // Dovecot waits 2s (auth_policy_server_timeout_msecs); = policyd.DefaultTimeout (store.timeout)
 	DefaultMaxBody       = 16 << 10
-	DefaultMaxConns      = 256
+	DefaultMaxConns      = 1000
 	DefaultMaxConcurrent = 64
-	DefaultReadTimeout   = 10 * time.Second
+	DefaultReadTimeout   = 5 * time.Second
 	DefaultIdleTimeout   = 2 * time.Minute
 	DefaultSessionTTL    = 2 * time.Minute
 	DefaultMaxSessions   = 100_000

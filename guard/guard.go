@@ -29,8 +29,8 @@ const (
 	EventAbuse       = "smtp-abuse"   // SMTP abuse seen by Postfix (later sources)
 )
 
-// KnownEvents lists the event kinds jails may name.
-var KnownEvents = []string{EventAuthFailure, EventRecipient, EventAbuse}
+// Events returns the event kinds a jail may count, in a new slice.
+func Events() []string { return []string{EventAuthFailure, EventRecipient, EventAbuse} }
 
 // Action says how far a jail's bans reach.
 type Action string
@@ -39,6 +39,16 @@ const (
 	ActionRefuse   Action = "refuse"   // in-protocol refusal only
 	ActionFirewall Action = "firewall" // refuse and ban in the kernel firewall of every node
 )
+
+// Actions returns the known actions, in a new slice.
+func Actions() []Action { return []Action{ActionRefuse, ActionFirewall} }
+
+// Valid reports whether a is one of Actions.
+func (a Action) Valid() bool { return slices.Contains(Actions(), a) }
+
+// DefaultKnownDeviceTTL is how long a successful login makes (user, prefix)
+// a known device when Config.KnownDeviceTTL is zero.
+const DefaultKnownDeviceTTL = 30 * 24 * time.Hour
 
 // ManualJail holds bans made by an administrator without --jail.
 const ManualJail = "manual"
@@ -72,7 +82,7 @@ type Config struct {
 	Ignore         []netip.Prefix
 	Prefixes       Prefixes
 	Recidive       store.Recidive
-	KnownDeviceTTL time.Duration    // zero: 30 days
+	KnownDeviceTTL time.Duration    // zero: DefaultKnownDeviceTTL
 	Log            *slog.Logger     // nil: slog.Default()
 	Metrics        Metrics          // nil: none
 	Now            func() time.Time // nil: time.Now; must be the store's clock
@@ -112,7 +122,7 @@ func New(st store.Store, c Config) (*Guard, error) {
 		byName: make(map[string]*Jail),
 	}
 	if g.knownTTL <= 0 {
-		g.knownTTL = 30 * 24 * time.Hour
+		g.knownTTL = DefaultKnownDeviceTTL
 	}
 	if g.now == nil {
 		g.now = time.Now

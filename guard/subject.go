@@ -3,6 +3,7 @@ package guard
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 )
 
@@ -16,29 +17,35 @@ const (
 	KeyUserPrefix Key = "user+prefix" // the login from one prefix
 )
 
-// Valid reports whether k is one of the known keys.
-func (k Key) Valid() bool {
-	switch k {
-	case KeyIP, KeyPrefix, KeyUser, KeyUserPrefix:
-		return true
-	}
-	return false
-}
+// Keys returns the known keys, in a new slice.
+func Keys() []Key { return []Key{KeyIP, KeyPrefix, KeyUser, KeyUserPrefix} }
 
-// Prefixes are the aggregation lengths. The zero value means /32 and /64.
+// Valid reports whether k is one of Keys.
+func (k Key) Valid() bool { return slices.Contains(Keys(), k) }
+
+// ByAddress reports whether k names a network (ip, prefix): only such bans
+// can reach the kernel firewall.
+func (k Key) ByAddress() bool { return k == KeyIP || k == KeyPrefix }
+
+// Prefixes are the aggregation lengths. A zero field means its
+// DefaultPrefixes value.
 type Prefixes struct {
 	IPv4, IPv6 int
 }
+
+// DefaultPrefixes: failures of one IPv4 address, or of one IPv6 /64 (what
+// one customer gets, and what attackers rotate through), count together.
+var DefaultPrefixes = Prefixes{IPv4: 32, IPv6: 64}
 
 func (p Prefixes) of(a netip.Addr) netip.Prefix {
 	bits := p.IPv6
 	if a.Is4() {
 		bits = p.IPv4
 		if bits == 0 {
-			bits = 32
+			bits = DefaultPrefixes.IPv4
 		}
 	} else if bits == 0 {
-		bits = 64
+		bits = DefaultPrefixes.IPv6
 	}
 	pr, _ := a.Prefix(bits)
 	return pr

@@ -88,14 +88,20 @@ const (
 	VerdictFailClosed = "fail-closed" // guard error or timeout, answered FailAction
 )
 
-// Defaults for zero Server fields.
+// Defaults for zero Server fields; mailguard's config takes its defaults for
+// store.timeout, postfix.idle_timeout and postfix.max_conns from here.
+// DefaultTimeout: Postfix must never wait on us, and a Redis store answers
+// within a few ms or is in trouble (its read timeout is 300ms). DefaultMaxConns:
+// each smtpd process holds one connection to a policy service, and master.cf
+// runs up to default_process_limit (100) smtpd per service (smtp, submission,
+// smtps): 300 at Postfix's defaults; 1000 leaves room for raised limits.
 const (
-	DefaultTimeout = time.Second
+	DefaultTimeout = 500 * time.Millisecond
 	// DefaultIdleTimeout is longer than Postfix's smtpd_policy_service_max_idle
 	// (300s), so that Postfix, not us, closes idle connections: Postfix then
 	// never writes a request into a connection we are closing.
 	DefaultIdleTimeout = 6 * time.Minute
-	DefaultMaxConns    = 512
+	DefaultMaxConns    = 1000
 	DefaultSocketMode  = fs.FileMode(0o660)
 )
 
