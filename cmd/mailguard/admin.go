@@ -3,7 +3,6 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"net/url"
 	"strings"
 	"time"
 
@@ -109,16 +108,8 @@ func checkConfigCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if c.Store.Redis.Password != "" {
-				c.Store.Redis.Password = "(set)"
-			}
-			if u, err := url.Parse(c.Store.Redis.URL); err == nil && u.User != nil {
-				if _, ok := u.User.Password(); ok {
-					u.User = url.UserPassword(u.User.Username(), "xxxxx")
-					c.Store.Redis.URL = u.String()
-				}
-			}
-			out, err := yaml.Marshal(c)
+			// Every key declared secret is masked (config.SecretKeys).
+			out, err := yaml.Marshal(c.Masked())
 			if err != nil {
 				return err
 			}

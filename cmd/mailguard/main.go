@@ -37,10 +37,13 @@ func (e *exitError) Unwrap() error { return e.err }
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := newRoot().ExecuteContext(ctx)
+	g := &globals{}
+	err := newRoot(g).ExecuteContext(ctx)
 	stop()
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "mailguard:", err)
+		// Masked: an error may quote a secret it was given (a Redis URL
+		// that does not parse).
+		fmt.Fprintln(os.Stderr, "mailguard:", g.cfg.Redact(err.Error()))
 		os.Exit(exitCode(err))
 	}
 }
@@ -67,10 +70,10 @@ type globals struct {
 	configFile string
 	sets       []string
 	socket     string
+	cfg        config.Config // the last config loaded: its secrets are masked in errors
 }
 
-func newRoot() *cobra.Command {
-	g := &globals{}
+func newRoot(g *globals) *cobra.Command {
 	root := &cobra.Command{
 		Use:           "mailguard",
 		Short:         "Brute-force and abuse guard for Postfix and Dovecot",
@@ -90,6 +93,7 @@ func newRoot() *cobra.Command {
 
 func (g *globals) load() (config.Config, error) {
 	c, err := config.Load(g.configFile, g.sets)
+	g.cfg = c
 	if err != nil {
 		return c, &exitError{exitUsage, err}
 	}

@@ -1,20 +1,27 @@
 package config
 
 import (
+	"flag"
 	"fmt"
 	"os"
-	"reflect"
+	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mailguard/mailguard/authhook"
+	"github.com/mailguard/mailguard/policyd"
 )
 
+var update = flag.Bool("update", false, "rewrite testdata/bad/*.err with the errors Load returns now")
+
 func TestDefaultsValid(t *testing.T) {
-	c, err := Load("testdata/none-such.yaml", nil)
-	if err == nil {
+	if _, err := Load("testdata/none-such.yaml", nil); err == nil {
 		t.Fatalf("Load(missing file) = nil error")
 	}
-	c, err = Load("", nil)
+	c, err := Load("", nil)
 	if err != nil {
 		t.Fatalf("Load(defaults) = %v", err)
 	}
@@ -23,6 +30,15 @@ func TestDefaultsValid(t *testing.T) {
 	}
 	if got, want := c.Postfix.Listen, "127.0.0.1:10028"; got != want {
 		t.Errorf("postfix.listen = %q, want %q", got, want)
+	}
+}
+
+// store.timeout is the Timeout of both front ends: their own defaults must
+// agree, or a library used with zero fields and the daemon would differ.
+func TestStoreTimeoutOneValue(t *testing.T) {
+	if policyd.DefaultTimeout != authhook.DefaultTimeout {
+		t.Errorf("policyd.DefaultTimeout = %v, authhook.DefaultTimeout = %v: store.timeout feeds both, make them equal",
+			policyd.DefaultTimeout, authhook.DefaultTimeout)
 	}
 }
 
@@ -46,18 +62,82 @@ func TestGoodFile(t *testing.T) {
 	}
 }
 
+// TestBadFiles loads every testdata/bad/NAME.yaml, one per rule, and wants
+// exactly the error in NAME.err (go test -update rewrites them; review the
+// diff). No error may show a secret: the files use "hunter2" for them.
 func TestBadFiles(t *testing.T) {
-	for _, tc := range []struct{ file, want string }{
-		{"bad-maxretry.yaml", "jails.dovecot.maxretry: must be at least 1, not 0"},
-		{"bad-unknown-key.yaml", "store.backnd: unknown key"},
-		{"bad-duration.yaml", `jails.dovecot.bantime: invalid duration "10x"`},
-		{"bad-cidr.yaml", `ignoreip: "10.0.0.0/33" is not an address or CIDR`},
-		{"bad-failmode.yaml", `store.fail_mode: must be open or closed, not "maybe"`},
-		{"bad-yaml.yaml", "bad-yaml.yaml"},
+	files, err := filepath.Glob("testdata/bad/*.yaml")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no testdata/bad/*.yaml: %v", err)
+	}
+	for _, f := range files {
+		t.Run(strings.TrimSuffix(filepath.Base(f), ".yaml"), func(t *testing.T) {
+			_, err := Load(f, nil)
+			if err == nil {
+				t.Fatalf("Load(%s) = nil error", f)
+			}
+			got := err.Error() + "\n"
+			golden := strings.TrimSuffix(f, ".yaml") + ".err"
+			if *update {
+				if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, rerr := os.ReadFile(golden)
+			if rerr != nil {
+				t.Fatalf("%v (go test -update writes it)", rerr)
+			}
+			if got != string(want) {
+				t.Errorf("Load(%s) =\n%s\nwant\n%s", f, got, want)
+			}
+			if strings.Contains(got, "hunter2") {
+				t.Errorf("Load(%s) shows a secret: %s", f, got)
+			}
+		})
+	}
+}
+
+// Every validation rule has its bad file: each key validate can complain
+// about appears in some golden.
+func TestEveryRuleHasABadFile(t *testing.T) {
+	src, err := os.ReadFile("validate.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var goldens strings.Builder
+	errFiles, _ := filepath.Glob("testdata/bad/*.err")
+	for _, f := range errFiles {
+		b, _ := os.ReadFile(f)
+		goldens.Write(b)
+	}
+	// bad("key", ...), positive("key", ...), atLeast1("key", ...), oneLine("key", ...)
+	// and the jail rules, written k+".field".
+	re := regexp.MustCompile(`(?:bad|positive|atLeast1|oneLine)\((?:"([a-z0-9_.]+)"|k\+"(\.[a-z_]+)"|(k),)`)
+	for _, m := range re.FindAllStringSubmatch(string(src), -1) {
+		key := m[1]
+		switch {
+		case m[2] != "":
+			key = "jails.dovecot" + m[2]
+		case m[3] != "":
+			key = "jails.manual"
+		}
+		if !strings.Contains(goldens.String(), key+":") && !strings.Contains(goldens.String(), strings.Replace(key, "jails.dovecot.", "jails.dovecot-user.", 1)+":") {
+			t.Errorf("no testdata/bad file produces an error for %s", key)
+		}
+	}
+}
+
+func TestSetErrors(t *testing.T) {
+	for _, tc := range []struct{ set, want string }{
+		{"novalue", `config: --set "novalue": want KEY=VALUE`},
+		{"store.redis.password:hunter2", `config: --set "store.redis.password…": want KEY=VALUE`},
+		{"=hunter2", `config: --set "…": want KEY=VALUE`},
+		{"postfix.max_conns=0", "invalid configuration:\n  postfix.max_conns: must be at least 1, not 0 (0 or less would close every Postfix connection)"},
+		{"store.redis.url=redis://u:hunter2%zz@h/0", "invalid configuration:\n  store.redis.url: redis://*****@h/0 is not a URL: redis://[user:password@]host:port/db; percent-encode any of @ : / ? # % in the password"},
 	} {
-		_, err := Load("testdata/"+tc.file, nil)
-		if err == nil || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("Load(%s) = %v, want error containing %q", tc.file, err, tc.want)
+		_, err := Load("", []string{tc.set})
+		if err == nil || err.Error() != tc.want {
+			t.Errorf("Load(--set %s) = %v, want %q", tc.set, err, tc.want)
 		}
 	}
 }
@@ -82,11 +162,10 @@ func TestEnvAndSet(t *testing.T) {
 	if got := c.Jails["dovecot"].BanTime.D(); got != 2*time.Hour {
 		t.Errorf("bantime = %v, want 2h (from --set)", got)
 	}
-	if _, err := Load("", []string{"jails.dovecot.maxretry=0"}); err == nil || !strings.Contains(err.Error(), "jails.dovecot.maxretry") {
-		t.Errorf("--set maxretry=0: err = %v", err)
-	}
-	if _, err := Load("", []string{"novalue"}); err == nil {
-		t.Errorf("--set novalue: no error")
+	t.Setenv("MAILGUARD_DOVECOT_MAX_CONNS", "-3")
+	want := "invalid configuration:\n  dovecot.max_conns: must be at least 1, not -3 (0 or less would refuse every Dovecot connection)"
+	if _, err := Load("", nil); err == nil || err.Error() != want {
+		t.Errorf("MAILGUARD_DOVECOT_MAX_CONNS=-3: err = %v, want %q", err, want)
 	}
 }
 
@@ -118,11 +197,153 @@ func TestExampleIsDefaults(t *testing.T) {
 	if got, want := fmt.Sprintf("%+v", ex), fmt.Sprintf("%+v", def); got != want {
 		t.Errorf("example differs from defaults:\nexample  %s\ndefaults %s", got, want)
 	}
-	for _, k := range knownKeys(reflect.TypeOf(Config{}), "") {
-		k = strings.ReplaceAll(k, "*.", "dovecot.")
-		leaf := k[strings.LastIndex(k, ".")+1:]
-		if b, _ := os.ReadFile("../../contrib/mailguard.example.yaml"); !strings.Contains(string(b), leaf+":") {
-			t.Errorf("example does not document %s", k)
+	b, err := os.ReadFile("../../contrib/mailguard.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		leaf := k.pattern[strings.LastIndex(k.pattern, ".")+1:]
+		if !strings.Contains(string(b), leaf+":") {
+			t.Errorf("example does not document %s", k.pattern)
 		}
+	}
+}
+
+// README's defaults table must say what the code does: each row's key and
+// its first default value.
+func TestReadmeDefaults(t *testing.T) {
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	def := Defaults()
+	short := func(d Duration) string { // 6m, 720h: as README writes them
+		s := d.String()
+		if strings.HasSuffix(s, "m0s") {
+			s = strings.TrimSuffix(s, "0s")
+		}
+		return strings.TrimSuffix(s, "0m")
+	}
+	for _, tc := range []struct{ row, want string }{
+		{"`postfix.idle_timeout`, `postfix.max_conns`", fmt.Sprintf("`%s`, `%d`", short(def.Postfix.IdleTimeout), def.Postfix.MaxConns)},
+		{"`dovecot.max_conns`, `dovecot.timeout`", fmt.Sprintf("`%d`, `%s`", def.Dovecot.MaxConns, short(def.Dovecot.Timeout))},
+		{"`store.timeout`", fmt.Sprintf("`%s`", short(def.Store.Timeout))},
+		{"`dovecot.tarpit.start`, `.base`, `.max`", fmt.Sprintf("`%d`, `%s`, `%s`", def.Dovecot.Tarpit.Start, short(def.Dovecot.Tarpit.Base), short(def.Dovecot.Tarpit.Max))},
+		{"`prefix.ipv4` / `prefix.ipv6`", fmt.Sprintf("`%d` / `%d`", def.Prefix.IPv4, def.Prefix.IPv6)},
+		{"`known_device_ttl`", fmt.Sprintf("`%s`", short(def.KnownDeviceTTL))},
+		{"`dovecot.reject_msg`", "`" + def.Dovecot.RejectMsg[:40]},
+		{"`postfix.reject_action`", "`" + def.Postfix.RejectAction[:30]},
+		{"`postfix.defer_action`", "`" + def.Postfix.DeferAction[:30]},
+	} {
+		i := strings.Index(string(b), "| "+tc.row+" | ")
+		if i < 0 {
+			t.Errorf("README has no defaults row %s", tc.row)
+			continue
+		}
+		line := string(b[i:])
+		line = line[:strings.IndexByte(line, '\n')]
+		if !strings.HasPrefix(line[len("| "+tc.row+" | "):], tc.want) {
+			t.Errorf("README row %q, want default %s", line, tc.want)
+		}
+	}
+}
+
+func TestSecretKeys(t *testing.T) {
+	got := SecretKeys()
+	want := []string{"dovecot.api_header", "store.redis.url", "store.redis.password"}
+	if !slices.Equal(got, want) {
+		t.Errorf("SecretKeys() = %q, want %q", got, want)
+	}
+	// A tripwire for new keys: a name that sounds secret must be declared.
+	sounds := regexp.MustCompile(`^(.*_)?(password|url)$|secret|token|header|credential|api_?key`)
+	for _, k := range keys {
+		leaf := k.pattern[strings.LastIndex(k.pattern, ".")+1:]
+		if sounds.MatchString(leaf) && k.secret == "" {
+			t.Errorf("%s sounds secret but has no secret tag", k.pattern)
+		}
+	}
+}
+
+func TestMask(t *testing.T) {
+	for _, tc := range []struct{ kind, in, want string }{
+		{secretHeader, "Authorization: Bearer hunter2", "Authorization: *****"},
+		{secretHeader, "X-API-Key:hunter2", "X-API-Key: *****"},
+		{secretHeader, "hunter2", "*****"},
+		{secretHeader, "Bearer hunter2 : x", "*****"}, // not a header name: mask it all
+		{secretHeader, "", ""},
+		{secretValue, "hunter2", "*****"},
+		{secretURL, "redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"},
+		{secretURL, "redis://mailguard@127.0.0.1:6379/0", "redis://mailguard@127.0.0.1:6379/0"},
+		{secretURL, "redis://mailguard:hunter2@127.0.0.1:6379/0", "redis://mailguard:*****@127.0.0.1:6379/0"},
+		{secretURL, "rediss://:hunter2@redis.example.org:6380", "rediss://:*****@redis.example.org:6380"},
+		{secretURL, "redis://u:hun@ter2@h:1/0", "redis://u:*****@h:1/0"},
+		{secretURL, "redis://u:hunter2%zz@h:1/0", "redis://*****@h:1/0"},
+		{secretURL, "redis://u:hun/ter2@h:1/0", "redis://*****@h:1/0"},
+		{secretURL, "redis://u:hun#ter2@h:1/0", "redis://*****@h:1/0"},
+		{secretURL, "u:hunter2@h:1", "*****@h:1"},
+	} {
+		if got := mask(tc.kind, tc.in); got != tc.want {
+			t.Errorf("mask(%s, %q) = %q, want %q", tc.kind, tc.in, got, tc.want)
+		}
+	}
+}
+
+// Secrets from the file, --set and the environment are all masked by
+// Masked, and Redact hides them in any text.
+func TestMaskedFromEverySource(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "c.yaml")
+	os.WriteFile(file, []byte("dovecot:\n  api_header: \"Authorization: Bearer hunter2-file\"\n"), 0o600)
+	for _, tc := range []struct {
+		name string
+		file string
+		sets []string
+		env  map[string]string
+	}{
+		{"file", file, nil, nil},
+		{"set", "", []string{"dovecot.api_header=Authorization: Bearer hunter2-set", "store.redis.password=hunter2-set",
+			"store.redis.url=redis://u:hunter2-set@127.0.0.1:6379/0"}, nil},
+		{"env", "", nil, map[string]string{"MAILGUARD_DOVECOT_API_HEADER": "Authorization: Bearer hunter2-env",
+			"MAILGUARD_STORE_REDIS_PASSWORD": "hunter2-env", "MAILGUARD_STORE_REDIS_URL": "redis://u:hunter2-env@127.0.0.1:6379/0"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
+			c, err := Load(tc.file, tc.sets)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(c.Dovecot.APIHeader, "hunter2") {
+				t.Fatalf("api_header = %q: the secret did not load", c.Dovecot.APIHeader)
+			}
+			m := c.Masked()
+			if got := fmt.Sprintf("%+v", m); strings.Contains(got, "hunter2") {
+				t.Errorf("Masked() shows a secret: %s", got)
+			}
+			if m.Dovecot.APIHeader != "Authorization: *****" {
+				t.Errorf("masked api_header = %q", m.Dovecot.APIHeader)
+			}
+			if !strings.Contains(c.Dovecot.APIHeader, "hunter2") {
+				t.Errorf("Masked changed its receiver")
+			}
+			text := fmt.Sprintf("dial %s as %s with %s failed", c.Store.Redis.URL, c.Store.Redis.Password, c.Dovecot.APIHeader)
+			if got := c.Redact(text); strings.Contains(got, "hunter2") {
+				t.Errorf("Redact(%q) = %q", text, got)
+			}
+		})
+	}
+}
+
+func TestRedactUnparseableURL(t *testing.T) {
+	c := Defaults()
+	c.Store.Redis.URL = `redis://u:hun"ter2%zz@127.0.0.1:6379/0`
+	// What redisstore.Open returned through serve before config caught it.
+	msg := fmt.Sprintf("redisstore: url: parse %q: invalid URL escape %q", c.Store.Redis.URL, "%zz")
+	got := c.Redact(msg)
+	if strings.Contains(got, "hun") || strings.Contains(got, "ter2") {
+		t.Errorf("Redact(%q) = %q", msg, got)
+	}
+	if !strings.Contains(got, "127.0.0.1:6379") {
+		t.Errorf("Redact(%q) = %q: more than the secret went", msg, got)
 	}
 }

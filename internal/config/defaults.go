@@ -1,0 +1,93 @@
+package config
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/mailguard/mailguard/authhook"
+	"github.com/mailguard/mailguard/guard"
+	"github.com/mailguard/mailguard/policyd"
+	"github.com/mailguard/mailguard/store/redisstore"
+)
+
+// Defaults returns the built-in configuration: what `mailguard serve` runs
+// with no file. Paths depend on whether we run as root. A value that a
+// package has a default for is taken from that package, so that a library
+// used with zero fields and the daemon behave alike.
+func Defaults() Config {
+	stateDir, socket := "/var/lib/mailguard", "/run/mailguard/admin.sock"
+	if os.Geteuid() != 0 {
+		stateDir, socket = UserDirs()
+	}
+	return Config{
+		StateDir:       stateDir,
+		IgnoreIP:       []string{"127.0.0.0/8", "::1"},
+		Prefix:         Prefix{IPv4: guard.DefaultPrefixes.IPv4, IPv6: guard.DefaultPrefixes.IPv6},
+		KnownDeviceTTL: Duration(guard.DefaultKnownDeviceTTL),
+		Postfix: Postfix{
+			Listen:       "127.0.0.1:10028",
+			RejectAction: policyd.DefaultRejectAction,
+			DeferAction:  policyd.DefaultDeferAction,
+			IdleTimeout:  Duration(policyd.DefaultIdleTimeout),
+			MaxConns:     policyd.DefaultMaxConns,
+		},
+		Dovecot: Dovecot{
+			Listen:    "127.0.0.1:10029",
+			RejectMsg: authhook.DefaultRejectMsg,
+			Tarpit: Tarpit{Start: authhook.DefaultTarpit.Start, Base: Duration(authhook.DefaultTarpit.Base),
+				Max: Duration(authhook.DefaultTarpit.Max)},
+			MaxConns: authhook.DefaultMaxConns,
+			Timeout:  Duration(authhook.DefaultReadTimeout),
+		},
+		Store: Store{
+			// store.timeout bounds both front ends' guard calls; their
+			// defaults agree (a test holds them equal).
+			Backend: "memory", FailMode: "open", Timeout: Duration(policyd.DefaultTimeout),
+			Redis: Redis{
+				Prefix: redisstore.DefaultPrefix, DialTimeout: Duration(redisstore.DefaultDialTimeout),
+				ReadTimeout: Duration(redisstore.DefaultReadTimeout), WriteTimeout: Duration(redisstore.DefaultWriteTimeout),
+				ReconcileInterval: Duration(time.Minute),
+			},
+		},
+		Firewall: Firewall{Backend: "none", ReconcileInterval: Duration(time.Minute)},
+		Admin:    Admin{Socket: socket},
+		Metrics:  Metrics{Listen: "127.0.0.1:10030"},
+		Recidive: Recidive{Window: Duration(7 * 24 * time.Hour), Factor: 2, MaxTime: Duration(7 * 24 * time.Hour)},
+		Log:      Log{Level: "info", Format: "text"},
+		Jails: map[string]Jail{
+			"dovecot": {Enabled: true, Events: []string{guard.EventAuthFailure}, Key: string(guard.KeyPrefix), MaxRetry: 5,
+				FindTime: Duration(10 * time.Minute), BanTime: Duration(time.Hour), Action: string(guard.ActionFirewall),
+				Ports: []string{"imap", "imaps", "pop3", "pop3s", "submission", "smtps"}},
+			"dovecot-user": {Enabled: true, Events: []string{guard.EventAuthFailure}, Key: string(guard.KeyUser), MaxRetry: 20,
+				FindTime: Duration(time.Hour), BanTime: Duration(time.Hour), Action: string(guard.ActionRefuse), DistinctPasswords: true},
+			"postfix-rate": {Enabled: true, Events: []string{guard.EventRecipient}, Key: string(guard.KeyUser), MaxRetry: 500,
+				FindTime: Duration(time.Hour), Action: string(guard.ActionRefuse)},
+			"postfix": {Enabled: true, Events: []string{guard.EventAbuse}, Key: string(guard.KeyPrefix), MaxRetry: 5,
+				FindTime: Duration(10 * time.Minute), BanTime: Duration(time.Hour), Action: string(guard.ActionFirewall),
+				Ports: []string{"smtp", "submission", "smtps"}},
+		},
+	}
+}
+
+// UserDirs returns the state directory and admin socket of a non-root user:
+// $XDG_STATE_HOME/mailguard and $XDG_RUNTIME_DIR/mailguard/admin.sock, with
+// ~/.local/state and /tmp/mailguard-UID when those are not set.
+func UserDirs() (stateDir, socket string) {
+	state := os.Getenv("XDG_STATE_HOME")
+	if state == "" {
+		home, err := os.UserHomeDir()
+		if err != nil {
+			home = os.TempDir()
+		}
+		state = filepath.Join(home, ".local", "state")
+	}
+	run := os.Getenv("XDG_RUNTIME_DIR")
+	if run == "" {
+		run = filepath.Join(os.TempDir(), fmt.Sprintf("mailguard-%d", os.Geteuid()))
+	} else {
+		run = filepath.Join(run, "mailguard")
+	}
+	return filepath.Join(state, "mailguard"), filepath.Join(run, "admin.sock")
+}
