@@ -30,7 +30,7 @@ func keySpecs(t reflect.Type, prefix string) []keySpec {
 		f := t.Field(i)
 		key := prefix + f.Tag.Get("mapstructure")
 		switch {
-		case f.Type.Kind() == reflect.Struct && f.Type != durationType:
+		case f.Type.Kind() == reflect.Struct:
 			out = append(out, keySpecs(f.Type, key+".")...)
 		case f.Type.Kind() == reflect.Map:
 			out = append(out, keySpecs(f.Type.Elem(), key+".*.")...)
