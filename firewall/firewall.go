@@ -83,6 +83,9 @@ const (
 	NameIPTables = "iptables"
 )
 
+// Names returns the backend names Open accepts (besides "", which is none).
+func Names() []string { return []string{NameNone, NameNFTables, NameIPTables} }
+
 // Options configure a backend. The zero value works in the process's own
 // network namespace with the default clock and logger.
 type Options struct {

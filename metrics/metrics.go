@@ -105,10 +105,10 @@ func (r *Registry) Failure(jail, protocol string) { r.failures.WithLabelValues(j
 // Banned counts a ban of jail (guard.Metrics).
 func (r *Registry) Banned(jail string) { r.bans.WithLabelValues(jail).Inc() }
 
-// FirewallError counts a failed firewall operation (guard.EnforcerMetrics).
+// FirewallError counts a failed firewall operation (enforce.Metrics).
 func (r *Registry) FirewallError(op string) { r.fwErrors.WithLabelValues(op).Inc() }
 
-// FirewallEntries records the entries of the last reconcile (guard.EnforcerMetrics).
+// FirewallEntries records the entries of the last reconcile (enforce.Metrics).
 func (r *Registry) FirewallEntries(n int) { r.fwEntries.Set(float64(n)) }
 
 // Frontend binds a Registry to one front end's label.

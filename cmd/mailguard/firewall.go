@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/mailguard/mailguard/enforce"
 	"github.com/mailguard/mailguard/firewall"
 	"github.com/mailguard/mailguard/guard"
 	"github.com/mailguard/mailguard/internal/config"
@@ -18,7 +19,9 @@ import (
 )
 
 // startFirewall opens firewall.backend and runs the enforcer that keeps the
-// kernel equal to the store's bans. With backend none it only logs so.
+// kernel equal to the store's bans. With backend none it only logs so. stop
+// ends the enforcer, waits for its last firewall call, and then closes the
+// backend: never the other way round.
 func startFirewall(ctx context.Context, c config.Config, g *guard.Guard, st store.Store, reg *metrics.Registry, log *slog.Logger, run func(string, func() error)) (stop func(), err error) {
 	fw, err := firewall.Open(ctx, c.Firewall.Backend, firewall.Options{Log: log.With("firewall", c.Firewall.Backend)})
 	if err != nil {
@@ -31,10 +34,18 @@ func startFirewall(ctx context.Context, c config.Config, g *guard.Guard, st stor
 	if c.Store.Backend == "redis" {
 		interval = min(interval, c.Store.Redis.ReconcileInterval.D())
 	}
-	e := &guard.Enforcer{Guard: g, Store: st, Firewall: fw, Interval: interval, Log: log.With("firewall", c.Firewall.Backend), Metrics: reg}
+	e := &enforce.Enforcer{Guard: g, Store: st, Firewall: fw, Interval: interval, Log: log.With("firewall", c.Firewall.Backend), Metrics: reg}
 	ectx, cancel := context.WithCancel(ctx)
-	run("firewall", func() error { return e.Run(ectx) })
-	return func() { cancel(); fw.Close() }, nil
+	done := make(chan struct{})
+	run("firewall", func() error {
+		defer close(done)
+		return e.Run(ectx)
+	})
+	return func() {
+		cancel()
+		<-done
+		fw.Close()
+	}, nil
 }
 
 func firewallCmd(g *globals) *cobra.Command {

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/mailguard/mailguard/authhook"
+	"github.com/mailguard/mailguard/enforce"
+	"github.com/mailguard/mailguard/firewall"
 	"github.com/mailguard/mailguard/guard"
 	"github.com/mailguard/mailguard/policyd"
 	"github.com/mailguard/mailguard/store/redisstore"
@@ -51,7 +53,7 @@ func Defaults() Config {
 				ReconcileInterval: Duration(time.Minute),
 			},
 		},
-		Firewall: Firewall{Backend: "none", ReconcileInterval: Duration(time.Minute)},
+		Firewall: Firewall{Backend: firewall.NameNone, ReconcileInterval: Duration(enforce.DefaultReconcileInterval)},
 		Admin:    Admin{Socket: socket},
 		Metrics:  Metrics{Listen: "127.0.0.1:10030"},
 		Recidive: Recidive{Window: Duration(7 * 24 * time.Hour), Factor: 2, MaxTime: Duration(7 * 24 * time.Hour)},

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mailguard/mailguard/firewall"
 	"github.com/mailguard/mailguard/guard"
 )
 
@@ -170,8 +171,8 @@ func (c *Config) validate() Errors {
 		bad("store.redis.pool_size", "must be 0 (4 × GOMAXPROCS, at least 10) or more, not %d", r.PoolSize)
 	}
 
-	if !slices.Contains([]string{"none", "nftables", "iptables"}, c.Firewall.Backend) {
-		bad("firewall.backend", "must be none, nftables or iptables, not %q", c.Firewall.Backend)
+	if !slices.Contains(firewall.Names(), c.Firewall.Backend) {
+		bad("firewall.backend", "must be %s, not %q", alternatives(firewall.Names()), c.Firewall.Backend)
 	}
 	if c.Firewall.ReconcileInterval.D() < time.Second {
 		bad("firewall.reconcile_interval", "must be at least 1s")

@@ -1,4 +1,10 @@
-package guard
+// Package enforce keeps this node's kernel firewall holding the store's
+// bans: it turns the store's ban and unban events into firewall calls and
+// reconciles the whole firewall with the store at start and every
+// Enforcer.Interval, so that a node that missed events, or whose firewall was
+// changed by hand, converges. guard decides who is banned; enforce only
+// carries its bans into the kernel.
+package enforce
 
 import (
 	"context"
@@ -10,6 +16,7 @@ import (
 	"time"
 
 	"github.com/mailguard/mailguard/firewall"
+	"github.com/mailguard/mailguard/guard"
 	"github.com/mailguard/mailguard/store"
 )
 
@@ -22,9 +29,9 @@ type Firewall interface {
 	Sync(ctx context.Context, entries []firewall.Entry) error
 }
 
-// EnforcerMetrics receives what the Enforcer counts. Implementations must be
+// Metrics receives what the Enforcer counts. Implementations must be
 // safe for concurrent use.
-type EnforcerMetrics interface {
+type Metrics interface {
 	// FirewallError counts a failed operation: "add", "remove", "sync" or
 	// "watch".
 	FirewallError(op string)
@@ -33,15 +40,16 @@ type EnforcerMetrics interface {
 	FirewallEntries(n int)
 }
 
-// DefaultReconcileInterval is the Enforcer's Interval when zero.
-const DefaultReconcileInterval = 5 * time.Minute
+// DefaultReconcileInterval is the Enforcer's Interval when zero, and the
+// default of the firewall.reconcile_interval setting.
+const DefaultReconcileInterval = time.Minute
 
 // maxQueued bounds the events waiting for the firewall; past it they are
 // dropped and the next turn re-syncs the whole firewall instead.
 const maxQueued = 10000
 
 // Enforcer keeps the node's kernel firewall holding the store's bans: the
-// bans of jails whose Action is ActionFirewall (and of ManualJail, on the
+// bans of jails whose Action is guard.ActionFirewall (and of guard.ManualJail, on the
 // union of those jails' ports) whose subject is a network, minus any that
 // overlaps ignoreip. Bans keyed by user never reach the firewall.
 //
@@ -50,12 +58,12 @@ const maxQueued = 10000
 // node that missed events, or whose firewall was changed by hand, converges.
 // Errors are logged and counted, never fatal: the next reconcile retries.
 type Enforcer struct {
-	Guard    *Guard // the jails: actions, ports, ignoreip
+	Guard    *guard.Guard // the jails: actions, ports, ignoreip
 	Store    store.Store
 	Firewall Firewall
-	Interval time.Duration   // between full syncs; zero: DefaultReconcileInterval
-	Log      *slog.Logger    // nil: slog.Default()
-	Metrics  EnforcerMetrics // nil: none
+	Interval time.Duration // between full syncs; zero: DefaultReconcileInterval
+	Log      *slog.Logger  // nil: slog.Default()
+	Metrics  Metrics       // nil: none
 
 	tick <-chan time.Time // tests: replaces the Interval ticker
 }
@@ -70,7 +78,7 @@ func (e *Enforcer) scope() scope {
 	var union []uint16
 	all, some := false, false
 	for _, j := range e.Guard.Jails() {
-		if j.Action != ActionFirewall {
+		if j.Action != guard.ActionFirewall {
 			continue
 		}
 		s.ports[j.Name] = slices.Clone(j.Ports)
@@ -86,7 +94,7 @@ func (e *Enforcer) scope() scope {
 		if all {
 			union = nil
 		}
-		s.ports[ManualJail] = union
+		s.ports[guard.ManualJail] = union
 	}
 	return s
 }
@@ -97,7 +105,7 @@ func (e *Enforcer) entry(s scope, b store.Ban) (firewall.Entry, bool) {
 	if !ok {
 		return firewall.Entry{}, false // refuse-only, user-keyed or unknown jail
 	}
-	p, ok := SubjectPrefix(b.Subject)
+	p, ok := guard.SubjectPrefix(b.Subject)
 	if !ok {
 		return firewall.Entry{}, false
 	}
@@ -126,7 +134,7 @@ func (e *Enforcer) failed(op string, err error) {
 // the store is closed under it.
 func (e *Enforcer) Run(ctx context.Context) error {
 	if e.Guard == nil || e.Store == nil || e.Firewall == nil {
-		return errors.New("guard: enforcer needs a Guard, a Store and a Firewall")
+		return errors.New("enforce: the Enforcer needs a Guard, a Store and a Firewall")
 	}
 	s := e.scope()
 	interval := e.Interval
@@ -183,7 +191,7 @@ func (e *Enforcer) watch(ctx context.Context, q *queue, backoff time.Duration) {
 			return
 		}
 		if errors.Is(err, store.ErrClosed) {
-			q.fail(fmt.Errorf("guard: enforcer: watch: %w", err))
+			q.fail(fmt.Errorf("enforce: watch: %w", err))
 			return
 		}
 		e.failed("watch", err)

@@ -1,4 +1,4 @@
-package guard
+package enforce
 
 import (
 	"context"
@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/mailguard/mailguard/firewall"
+	"github.com/mailguard/mailguard/guard"
 	"github.com/mailguard/mailguard/internal/testenv"
 	"github.com/mailguard/mailguard/store"
 	"github.com/mailguard/mailguard/store/memstore"
@@ -162,7 +163,7 @@ var (
 )
 
 type enforceEnv struct {
-	g       *Guard
+	g       *guard.Guard
 	st      *watchedStore
 	fw      *fakeFirewall
 	metrics *countMetrics
@@ -179,14 +180,14 @@ func startEnforcer(t *testing.T, prepare func(ctx context.Context, st store.Stor
 	}
 	t.Cleanup(func() { ms.Close() })
 	st := &watchedStore{Store: ms, seen: make(chan struct{}), failWatch: failWatch}
-	g, err := New(st, Config{
-		Jails: []Jail{
-			{Name: "dovecot", Events: []string{EventAuthFailure}, Key: KeyPrefix, MaxRetry: 5, FindTime: 10 * time.Minute,
-				BanTime: time.Hour, Action: ActionFirewall, Ports: dovecotPorts},
-			{Name: "postfix", Events: []string{EventAbuse}, Key: KeyPrefix, MaxRetry: 5, FindTime: 10 * time.Minute,
-				BanTime: time.Hour, Action: ActionFirewall, Ports: postfixPorts},
-			{Name: "dovecot-user", Events: []string{EventAuthFailure}, Key: KeyUser, MaxRetry: 20, FindTime: time.Hour,
-				BanTime: time.Hour, Action: ActionRefuse},
+	g, err := guard.New(st, guard.Config{
+		Jails: []guard.Jail{
+			{Name: "dovecot", Events: []string{guard.EventAuthFailure}, Key: guard.KeyPrefix, MaxRetry: 5, FindTime: 10 * time.Minute,
+				BanTime: time.Hour, Action: guard.ActionFirewall, Ports: dovecotPorts},
+			{Name: "postfix", Events: []string{guard.EventAbuse}, Key: guard.KeyPrefix, MaxRetry: 5, FindTime: 10 * time.Minute,
+				BanTime: time.Hour, Action: guard.ActionFirewall, Ports: postfixPorts},
+			{Name: "dovecot-user", Events: []string{guard.EventAuthFailure}, Key: guard.KeyUser, MaxRetry: 20, FindTime: time.Hour,
+				BanTime: time.Hour, Action: guard.ActionRefuse},
 		},
 		Ignore: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("192.0.2.0/24")},
 	})
@@ -251,7 +252,7 @@ func TestEnforcerStartSync(t *testing.T) {
 	env := startEnforcer(t, func(ctx context.Context, st store.Store) {
 		ban(t, st, "dovecot", "net:198.51.100.7/32")
 		ban(t, st, "postfix", "net:2001:db8:1::/64")
-		ban(t, st, ManualJail, "net:203.0.113.9/32")
+		ban(t, st, guard.ManualJail, "net:203.0.113.9/32")
 		ban(t, st, "dovecot-user", "user:alice@example.org") // user-keyed: never the firewall
 		ban(t, st, "dovecot", "net:192.0.2.5/32")            // inside ignoreip
 		ban(t, st, "dovecot", "net:192.0.0.0/16")            // overlaps ignoreip
@@ -385,8 +386,8 @@ func TestEnforcerNFTables(t *testing.T) {
 	}
 	defer ms.Close()
 	ban(t, ms, "dovecot", "net:198.51.100.7/32")
-	g, err := New(ms, Config{Jails: []Jail{{Name: "dovecot", Events: []string{EventAuthFailure}, Key: KeyPrefix,
-		MaxRetry: 5, FindTime: time.Minute, BanTime: time.Hour, Action: ActionFirewall, Ports: dovecotPorts}}})
+	g, err := guard.New(ms, guard.Config{Jails: []guard.Jail{{Name: "dovecot", Events: []string{guard.EventAuthFailure}, Key: guard.KeyPrefix,
+		MaxRetry: 5, FindTime: time.Minute, BanTime: time.Hour, Action: guard.ActionFirewall, Ports: dovecotPorts}}})
 	if err != nil {
 		t.Fatal(err)
 	}
