@@ -14,6 +14,7 @@ import (
 
 	"github.com/mailguard/mailguard/firewall"
 	"github.com/mailguard/mailguard/guard"
+	"github.com/mailguard/mailguard/internal/netnstest"
 	"github.com/mailguard/mailguard/internal/testenv"
 	"github.com/mailguard/mailguard/store"
 	"github.com/mailguard/mailguard/store/memstore"
@@ -361,6 +362,29 @@ func TestEnforcerNeedsParts(t *testing.T) {
 	}
 }
 
+// nsFirewall runs every call of a real backend on a thread inside a test's
+// network namespace: a backend acts on the namespace of its calling thread,
+// and the Enforcer calls it from its own goroutine.
+type nsFirewall struct {
+	fw firewall.Backend
+	th *netnstest.Thread
+}
+
+func (n nsFirewall) Add(ctx context.Context, es []firewall.Entry) (err error) {
+	n.th.Do(func() { err = n.fw.Add(ctx, es) })
+	return err
+}
+
+func (n nsFirewall) Remove(ctx context.Context, es []firewall.Entry) (err error) {
+	n.th.Do(func() { err = n.fw.Remove(ctx, es) })
+	return err
+}
+
+func (n nsFirewall) Sync(ctx context.Context, es []firewall.Entry) (err error) {
+	n.th.Do(func() { err = n.fw.Sync(ctx, es) })
+	return err
+}
+
 // TestEnforcerNFTables runs the Enforcer against the real nftables backend,
 // in a network namespace of its own.
 func TestEnforcerNFTables(t *testing.T) {
@@ -371,14 +395,18 @@ func TestEnforcerNFTables(t *testing.T) {
 		t.Fatalf("ip netns add: %v\n%s", err, out)
 	}
 	t.Cleanup(func() { _ = exec.Command(ip, "netns", "del", ns).Run() })
-	opts := firewall.Options{NetNS: "/run/netns/" + ns, Log: slog.New(slog.NewTextHandler(t.Output(), nil))}
+	th := netnstest.Enter(t, ns)
+	opts := firewall.Options{Log: slog.New(slog.NewTextHandler(t.Output(), nil))}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	fw, err := firewall.NewNFTables(ctx, opts)
+	var nft *firewall.NFTables
+	var err error
+	th.Do(func() { nft, err = firewall.NewNFTables(ctx, opts) })
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer fw.Close()
+	defer nft.Close()
+	fw := nsFirewall{fw: nft, th: th}
 
 	ms, err := memstore.Open(memstore.Options{})
 	if err != nil {
@@ -398,7 +426,9 @@ func TestEnforcerNFTables(t *testing.T) {
 	defer func() { stop(); <-done }()
 
 	held := func() []string {
-		es, err := firewall.List(ctx, firewall.NameNFTables, opts)
+		var es []firewall.Entry
+		var err error
+		th.Do(func() { es, err = firewall.List(ctx, firewall.NameNFTables, opts) })
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -14,6 +14,15 @@ type harness struct {
 	gone        func(t *testing.T, n *testNet) bool   // reports whether nothing of ours is left
 	dump        func(t *testing.T, n *testNet) string // the kernel state, for -v
 	expired     func(t *testing.T, n *testNet)        // checks that expired bans were cleaned up
+	// breakages each remove part of the layout by hand (a jump, a chain, a
+	// set, the table) while 10.200.0.2 and fd00:200::/64 are banned on
+	// mailPort; the next Sync must restore it.
+	breakages []breakage
+}
+
+type breakage struct {
+	name string
+	do   func(t *testing.T, n *testNet)
 }
 
 func testBackend(t *testing.T, h harness) {
@@ -140,31 +149,59 @@ func testBackend(t *testing.T, h harness) {
 		n := newTestNet(t)
 		ctx := testCtx(t)
 		// Before the daemon ever ran: nothing to list or flush, nothing created.
-		if got, err := List(ctx, h.name, Options{NetNS: n.serverPath}); err != nil || len(got) != 0 {
+		if got, err := n.list(ctx, h.name); err != nil || len(got) != 0 {
 			t.Fatalf("List before any start = %v, %v; want nothing", got, err)
 		}
-		if err := Flush(ctx, h.name, Options{NetNS: n.serverPath}); err != nil {
+		if err := n.flush(ctx, h.name); err != nil {
 			t.Fatalf("Flush before any start: %v", err)
 		}
-		b, err := Open(ctx, h.name, Options{NetNS: n.serverPath, Log: testLog(t)})
-		if err != nil {
-			t.Fatalf("Open: %v", err)
-		}
-		defer b.Close()
+		b := open(t, n, "Open", func() (Backend, error) { return Open(ctx, h.name, Options{Log: testLog(t)}) })
 		e := Entry{Prefix: pfx("fd00:200::3/128"), Ports: []uint16{mailPort}, Expires: time.Now().Add(time.Hour)}
 		if err := b.Add(ctx, []Entry{e}); err != nil {
 			t.Fatal(err)
 		}
-		got, err := List(ctx, h.name, Options{NetNS: n.serverPath})
+		got, err := n.list(ctx, h.name)
 		if err != nil || len(got) != 1 || got[0].Prefix != e.Prefix || !sameExpiry(got[0].Expires, e.Expires) {
 			t.Fatalf("List = %v, %v; want [%v]", got, err, e)
 		}
-		if err := Flush(ctx, h.name, Options{NetNS: n.serverPath}); err != nil {
+		if err := n.flush(ctx, h.name); err != nil {
 			t.Fatalf("Flush: %v", err)
 		}
 		n.WantOpen(t, cli6b, mailPort)
 		if !h.gone(t, n) {
 			t.Errorf("Flush left something of ours behind")
+		}
+	})
+
+	t.Run("Repair", func(t *testing.T) {
+		n := newTestNet(t)
+		b := h.open(t, n)
+		ctx := testCtx(t)
+		want := []Entry{
+			{Prefix: pfx("10.200.0.2/32"), Ports: mail, Expires: time.Now().Add(time.Hour)},
+			{Prefix: pfx("fd00:200::/64"), Ports: mail, Expires: time.Now().Add(time.Hour)},
+		}
+		if err := b.Sync(ctx, want); err != nil {
+			t.Fatal(err)
+		}
+		for _, br := range h.breakages {
+			n.WantDropped(t, cli4, mailPort)
+			n.WantDropped(t, cli6a, mailPort)
+			br.do(t, n)
+			if n.Dropped(t, cli4, mailPort) && n.Dropped(t, cli6a, mailPort) {
+				t.Fatalf("%s: both clients still dropped; the breakage broke nothing", br.name)
+			}
+			if err := b.Sync(ctx, want); err != nil {
+				t.Fatalf("%s: Sync: %v", br.name, err)
+			}
+			if n.Dropped(t, cli4, mailPort) && n.Dropped(t, cli6a, mailPort) {
+				t.Logf("%s: repaired by Sync", br.name)
+			} else {
+				t.Errorf("%s: not repaired by Sync", br.name)
+				if h.dump != nil {
+					t.Log(h.dump(t, n))
+				}
+			}
 		}
 	})
 

@@ -14,7 +14,11 @@ const (
 	hintPermission = "run as root or give CAP_NET_ADMIN (AmbientCapabilities=CAP_NET_ADMIN in the unit)"
 	hintNoNFTables = "the kernel has no nf_tables: load it (modprobe nf_tables) or set firewall.backend: iptables"
 	hintNoIPTables = "install iptables (apt install iptables) or set firewall.backend: nftables"
+	hintNoIPSet    = "the iptables backend keeps bans in ipsets: install ipset (apt install ipset) or set firewall.backend: nftables"
 )
+
+// ErrClosed is returned by a Backend's methods after its Close.
+var ErrClosed = errors.New("firewall: backend closed")
 
 // explain wraps err with the cause's fix when it is one the administrator
 // can act on. It branches on errnos only: the text of netlink and exec

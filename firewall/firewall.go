@@ -7,8 +7,8 @@
 //     netlink (google/nftables); per-element timeouts, one batch per change.
 //   - iptables (iptables.go): the chain MAILGUARD in the filter table of
 //     iptables and ip6tables (coreos/go-iptables), matching ipsets with
-//     per-entry timeouts when the ipset program is installed, or one rule per
-//     ban removed by a sweeper otherwise.
+//     per-entry timeouts (the ipset program); the changes are planned by pure
+//     functions (iptables_plan.go) from what the kernel holds.
 //   - none (none.go): nothing; bans are refused in-protocol only.
 //
 // Every backend touches only what it created (its table, chains and sets),
@@ -86,22 +86,18 @@ const (
 // Names returns the backend names Open accepts (besides "", which is none).
 func Names() []string { return []string{NameNone, NameNFTables, NameIPTables} }
 
-// Options configure a backend. The zero value works in the process's own
-// network namespace with the default clock and logger.
+// Options configure a backend. The zero value uses the default clock and
+// logger.
+//
+// A backend acts on the network namespace of the thread that calls it (the
+// netlink socket, or the iptables and ipset programs, inherit it): the
+// process's own for the daemon. Tests enter a namespace of their own with
+// internal/netnstest and call the backend from that thread only.
 type Options struct {
-	// NetNS is the path of the network namespace to work in, such as
-	// /run/netns/NAME (as made by `ip netns add`). Empty: the process's own.
-	NetNS string
 	// Log receives the backend's notices. Nil: slog.Default().
 	Log *slog.Logger
 	// Now is the clock Entry.Expires is read against. Nil: time.Now.
 	Now func() time.Time
-	// NoIPSet makes the iptables backend use a rule per ban even when the
-	// ipset program is installed.
-	NoIPSet bool
-	// SweepInterval is how often the iptables backend in rule-per-ban mode
-	// deletes expired rules. Zero: 10s.
-	SweepInterval time.Duration
 }
 
 func (o Options) withDefaults() Options {
@@ -110,9 +106,6 @@ func (o Options) withDefaults() Options {
 	}
 	if o.Now == nil {
 		o.Now = time.Now
-	}
-	if o.SweepInterval <= 0 {
-		o.SweepInterval = 10 * time.Second
 	}
 	return o
 }

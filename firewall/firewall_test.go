@@ -100,13 +100,15 @@ func TestSetName(t *testing.T) {
 
 func TestParseRule(t *testing.T) {
 	for _, tc := range []struct{ line, want string }{
-		{`-A MAILGUARD -s 10.200.0.2/32 -p tcp -m multiport --dports 25,465 -m time --datestop 2026-11-27T04:00:00 -m comment --comment "mailguard:ports=25_465:until=1795754295" -j DROP`,
-			"10.200.0.2/32||25_465|25,465|1795754295"},
-		{`-A MAILGUARD -s fd00::/64 -p tcp -m comment --comment mailguard:ports=all:until=0 -j DROP`,
-			"fd00::/64||all||0"},
 		{`-A MAILGUARD -p tcp -m multiport --dports 993 -m set --match-set mailguard6-0a0b0c0d src -m comment --comment "mailguard:ports=993" -j DROP`,
-			"invalid Prefix|mailguard6-0a0b0c0d|993|993|0"},
-		{`-A MAILGUARD -s 10.0.0.1/32 -j ACCEPT`, "invalid Prefix||all||0"}, // not ours in form: Sync deletes it
+			"mailguard6-0a0b0c0d|993|993"},
+		{`-A MAILGUARD -p tcp -m set --match-set mailguard4-0a0b0c0d src -m comment --comment mailguard:ports=all -j DROP`,
+			"mailguard4-0a0b0c0d|all|"},
+		// not ours in form: Sync deletes them
+		{`-A MAILGUARD -s 10.200.0.2/32 -p tcp -m multiport --dports 25,465 -m time --datestop 2026-11-27T04:00:00 -m comment --comment "mailguard:ports=25_465:until=1795754295" -j DROP`, "|all|"},
+		{`-A MAILGUARD -p tcp -m set --match-set mailguard4-0a0b0c0d src -m comment --comment mailguard:ports=all -j ACCEPT`, "|all|"},
+		{`-A MAILGUARD -p tcp -m set --match-set other src -m comment --comment mailguard:ports=all -j DROP`, "|all|"},
+		{`-A MAILGUARD -s 10.0.0.1/32 -j ACCEPT`, "|all|"},
 	} {
 		f := splitQuoted(tc.line)
 		if got := parseRule(f[2:]).id(); got != tc.want {

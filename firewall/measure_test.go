@@ -4,7 +4,6 @@ package firewall
 
 import (
 	"bufio"
-	"bytes"
 	"fmt"
 	"net/netip"
 	"os"
@@ -25,8 +24,7 @@ import (
 func TestMeasure(t *testing.T) {
 	testenv.Root(t)
 	t.Run("nftables", measureNFT)
-	t.Run("ipset", func(t *testing.T) { measureIPT(t, false) })
-	t.Run("iptables-rules", func(t *testing.T) { measureIPT(t, true) })
+	t.Run("ipset", func(t *testing.T) { measureIPT(t) })
 }
 
 var mailGroup = []uint16{110, 143, 465, 587, 993, 995}
@@ -141,11 +139,7 @@ func rssKB(t *testing.T) int64 {
 
 func measureNFT(t *testing.T) {
 	n := newTestNet(t)
-	b, err := NewNFTables(testCtx(t), Options{NetNS: n.serverPath, Log: testLog(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	b := open(t, n, "NewNFTables", func() (*NFTables, error) { return NewNFTables(testCtx(t), Options{Log: testLog(t)}) })
 	t.Logf("connect, 0 bans: %s", connectLatency(t, n, 300))
 	inForce(t, n, b, 20)
 	t.Logf("Add (one ban, one batch), 0..1000 bans held: %s", summary(addLatency(t, b, 1000, 0)))
@@ -190,73 +184,26 @@ func measureNFT(t *testing.T) {
 	}
 }
 
-// preloadRules writes count rule-per-ban rules the way the backend does, with
-// one iptables-restore (the backend appends one rule per exec, which would
-// take minutes to set up the larger sizes).
-func preloadRules(t *testing.T, n *testNet, es []Entry) {
-	var v4, v6 bytes.Buffer
-	v4.WriteString("*filter\n")
-	v6.WriteString("*filter\n")
-	for _, e := range es {
-		for _, r := range rulesFor(e) {
-			w := &v4
-			if e.Prefix.Addr().Is6() {
-				w = &v6
-			}
-			fmt.Fprintf(w, "-A %s", iptChain)
-			for _, a := range r.args() {
-				if strings.ContainsAny(a, " :") {
-					a = `"` + a + `"`
-				}
-				fmt.Fprintf(w, " %s", a)
-			}
-			w.WriteByte('\n')
-		}
-	}
-	v4.WriteString("COMMIT\n")
-	v6.WriteString("COMMIT\n")
-	for cmd, in := range map[string]*bytes.Buffer{"iptables-restore": &v4, "ip6tables-restore": &v6} {
-		c := n.Command(cmd, "--noflush")
-		c.Stdin = in
-		if out, err := c.CombinedOutput(); err != nil {
-			t.Fatalf("%s: %v\n%s", cmd, err, out)
-		}
-	}
-}
-
-func measureIPT(t *testing.T, rules bool) {
+func measureIPT(t *testing.T) {
 	n := newTestNet(t)
-	testenv.Command(t, "iptables-restore")
-	b, err := NewIPTables(testCtx(t), Options{NetNS: n.serverPath, NoIPSet: rules, Log: testLog(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	b := open(t, n, "NewIPTables", func() (*IPTables, error) { return NewIPTables(testCtx(t), Options{Log: testLog(t)}) })
 	t.Logf("connect, 0 bans: %s", connectLatency(t, n, 300))
 	inForce(t, n, b, 10)
 	t.Logf("Add, about 0 bans held: %s", summary(addLatency(t, b, 100, 0)))
 	sizes := []int{100_000}
-	if rules {
-		sizes = []int{1000, 10_000, 50_000}
-	}
 	held := 0
 	for _, size := range sizes {
 		es := manyEntries(size, time.Now().Add(time.Hour))[held:]
 		start := time.Now()
-		if rules {
-			preloadRules(t, n, es)
-			t.Logf("preloaded %d rules with iptables-restore: %v", size-held, time.Since(start).Round(time.Millisecond))
-		} else {
-			runtime.GC()
-			m0 := meminfo(t)
-			if err := b.Sync(testCtx(t), es); err != nil {
-				t.Fatalf("Sync: %v", err)
-			}
-			time.Sleep(time.Second)
-			m1 := meminfo(t)
-			t.Logf("Sync of %d bans into ipsets: %v; kernel Slab +%d MB, MemAvailable −%d MB",
-				size, time.Since(start).Round(time.Millisecond), (m1["Slab"]-m0["Slab"])>>10, (m0["MemAvailable"]-m1["MemAvailable"])>>10)
+		runtime.GC()
+		m0 := meminfo(t)
+		if err := b.Sync(testCtx(t), es); err != nil {
+			t.Fatalf("Sync: %v", err)
 		}
+		time.Sleep(time.Second)
+		m1 := meminfo(t)
+		t.Logf("Sync of %d bans into ipsets: %v; kernel Slab +%d MB, MemAvailable −%d MB",
+			size, time.Since(start).Round(time.Millisecond), (m1["Slab"]-m0["Slab"])>>10, (m0["MemAvailable"]-m1["MemAvailable"])>>10)
 		held = size
 		t.Logf("connect, %d bans: %s", size, connectLatency(t, n, 200))
 		start = time.Now()

@@ -17,7 +17,7 @@ import (
 //	server  10.200.0.1/24  fd00:200::1/64   listening on 993 and 8080
 type testNet struct {
 	*netnstest.Net
-	serverPath string // /run/netns/NAME, for Options.NetNS
+	srv *netnstest.Thread // in the server namespace: every backend call runs here
 }
 
 // The client's addresses.
@@ -46,7 +46,67 @@ func newTestNet(t *testing.T) *testNet {
 		DropTimeout: 400 * time.Millisecond,
 		PollTimeout: 200 * time.Millisecond,
 	})
-	return &testNet{Net: n, serverPath: netnstest.Path(n.Server)}
+	return &testNet{Net: n, srv: netnstest.Enter(t, n.Server)}
+}
+
+// open runs a backend constructor on the server namespace's thread and
+// returns the backend wrapped so that every call runs there too.
+func open[B Backend](t *testing.T, n *testNet, name string, newB func() (B, error)) Backend {
+	t.Helper()
+	var b B
+	var err error
+	n.srv.Do(func() { b, err = newB() })
+	if err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return nsBackend{b: b, th: n.srv}
+}
+
+// nsBackend runs every call of b on th: a backend acts on the network
+// namespace of the thread that calls it.
+type nsBackend struct {
+	b  Backend
+	th *netnstest.Thread
+}
+
+func (n nsBackend) Add(ctx context.Context, es []Entry) (err error) {
+	n.th.Do(func() { err = n.b.Add(ctx, es) })
+	return err
+}
+
+func (n nsBackend) Remove(ctx context.Context, es []Entry) (err error) {
+	n.th.Do(func() { err = n.b.Remove(ctx, es) })
+	return err
+}
+
+func (n nsBackend) Sync(ctx context.Context, es []Entry) (err error) {
+	n.th.Do(func() { err = n.b.Sync(ctx, es) })
+	return err
+}
+
+func (n nsBackend) List(ctx context.Context) (es []Entry, err error) {
+	n.th.Do(func() { es, err = n.b.List(ctx) })
+	return es, err
+}
+
+func (n nsBackend) Flush(ctx context.Context) (err error) {
+	n.th.Do(func() { err = n.b.Flush(ctx) })
+	return err
+}
+
+func (n nsBackend) Close() error { return n.b.Close() }
+
+// list and flush run the package's List and Flush (the CLI's, without a
+// daemon) in the server namespace.
+func (n *testNet) list(ctx context.Context, name string) (es []Entry, err error) {
+	n.srv.Do(func() { es, err = List(ctx, name, Options{}) })
+	return es, err
+}
+
+func (n *testNet) flush(ctx context.Context, name string) (err error) {
+	n.srv.Do(func() { err = Flush(ctx, name, Options{}) })
+	return err
 }
 
 func testCtx(t *testing.T) context.Context {

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"maps"
 	"net/netip"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -72,7 +71,6 @@ const (
 type NFTables struct {
 	mu    sync.Mutex
 	conn  *nftables.Conn
-	netns *os.File // kept open: the fd is dialled on every batch
 	table *nftables.Table
 	chain *nftables.Chain
 	sets  map[string]setSpec // by name: the sets the kernel holds, as far as we know
@@ -80,9 +78,10 @@ type NFTables struct {
 	// Sync or List). Adding one of them renews its timeout, which costs a
 	// delete, and a delete costs an RCU grace period (milliseconds); an
 	// element not here is only added (a fraction of a millisecond).
-	held map[entryKey]bool
-	now  func() time.Time
-	log  *slog.Logger
+	held   map[entryKey]bool
+	now    func() time.Time
+	log    *slog.Logger
+	closed bool
 }
 
 // NewNFTables opens the nftables backend and creates its table, chain and
@@ -101,23 +100,14 @@ func newNFTables(ctx context.Context, o Options, setup bool) (*NFTables, error) 
 		Name: nftChain, Table: b.table, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookInput, Priority: nftPriority, Policy: &policy,
 	}
-	opts := []nftables.ConnOption{nftables.WithSockOptions(forceBuffers)}
-	if o.NetNS != "" {
-		f, err := os.Open(o.NetNS)
-		if err != nil {
-			return nil, fmt.Errorf("nftables: network namespace: %w", err)
-		}
-		b.netns = f
-		opts = append(opts, nftables.WithNetNSFd(int(f.Fd())))
-	}
-	conn, err := nftables.New(opts...)
+	// Not lasting: each call dials a netlink socket in the namespace of
+	// the calling thread.
+	conn, err := nftables.New(nftables.WithSockOptions(forceBuffers))
 	if err != nil {
-		b.Close()
 		return nil, explain(NameNFTables, fmt.Errorf("netlink: %w", err))
 	}
 	b.conn = conn
 	if err := b.load(); err != nil {
-		b.Close()
 		return nil, explain(NameNFTables, err)
 	}
 	if setup {
@@ -125,7 +115,6 @@ func newNFTables(ctx context.Context, o Options, setup bool) (*NFTables, error) 
 		err := b.apply(ctx, nil, true, nil)
 		b.mu.Unlock()
 		if err != nil {
-			b.Close()
 			return nil, explain(NameNFTables, err)
 		}
 	}
@@ -430,6 +419,9 @@ func (b *NFTables) Add(ctx context.Context, entries []Entry) error {
 	es, perr := prepare(entries, now)
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.closed {
+		return ErrClosed
+	}
 	if len(es) == 0 {
 		return perr
 	}
@@ -447,6 +439,9 @@ func (b *NFTables) Remove(ctx context.Context, entries []Entry) error {
 	es, perr := prepare(entries, time.Time{})
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.closed {
+		return ErrClosed
+	}
 	var ops []op
 	for _, o := range b.group(es, time.Time{}, true) {
 		if _, ok := b.sets[o.spec.name()]; ok { // no set, nothing to lift
@@ -473,6 +468,9 @@ func (b *NFTables) Sync(ctx context.Context, entries []Entry) error {
 	want, perr := prepare(entries, now)
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.closed {
+		return ErrClosed
+	}
 	if err := b.load(); err != nil {
 		return errors.Join(perr, fmt.Errorf("nftables: sync: %w", err))
 	}
@@ -533,6 +531,9 @@ func (b *NFTables) Sync(ctx context.Context, entries []Entry) error {
 func (b *NFTables) List(ctx context.Context) ([]Entry, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.closed {
+		return nil, ErrClosed
+	}
 	if err := b.load(); err != nil {
 		return nil, fmt.Errorf("nftables: list: %w", err)
 	}
@@ -580,6 +581,9 @@ func (b *NFTables) list(now time.Time) (map[entryKey]Entry, error) {
 func (b *NFTables) Flush(ctx context.Context) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.closed {
+		return ErrClosed
+	}
 	if _, err := b.conn.ListTableOfFamily(nftTable, nftables.TableFamilyINet); errors.Is(err, unix.ENOENT) {
 		return nil
 	}
@@ -592,15 +596,11 @@ func (b *NFTables) Flush(ctx context.Context) error {
 	return nil
 }
 
-// Close releases the namespace handle; b must not be used after. The table
-// and its bans stay.
+// Close marks the backend closed: later calls return ErrClosed. The table
+// and its bans stay. Closing twice is no error.
 func (b *NFTables) Close() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.netns != nil {
-		err := b.netns.Close()
-		b.netns = nil
-		return err
-	}
+	b.closed = true
 	return nil
 }

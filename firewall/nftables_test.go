@@ -12,18 +12,18 @@ func TestNFTables(t *testing.T) {
 	testBackend(t, harness{
 		name: NameNFTables,
 		open: func(t *testing.T, n *testNet) Backend {
-			b, err := NewNFTables(testCtx(t), Options{NetNS: n.serverPath, Log: testLog(t)})
-			if err != nil {
-				t.Fatalf("NewNFTables: %v", err)
-			}
-			t.Cleanup(func() { b.Close() })
-			return b
+			return open(t, n, "NewNFTables", func() (*NFTables, error) { return NewNFTables(testCtx(t), Options{Log: testLog(t)}) })
 		},
 		breakByHand: func(t *testing.T, n *testNet) {
 			testenv.Command(t, "nft")
 			for _, set := range []string{"ban4_32_p25_465_587_993_995", "ban6_64_p25_465_587_993_995"} {
 				n.MustExec(t, "nft", "flush", "set", "inet", "mailguard", set)
 			}
+		},
+		breakages: []breakage{
+			{"table deleted", func(t *testing.T, n *testNet) { n.MustExec(t, "nft", "delete", "table", "inet", "mailguard") }},
+			{"chain deleted", func(t *testing.T, n *testNet) { n.MustExec(t, "nft", "delete", "chain", "inet", "mailguard", "input") }},
+			{"rules flushed", func(t *testing.T, n *testNet) { n.MustExec(t, "nft", "flush", "chain", "inet", "mailguard", "input") }},
 		},
 		dump: func(t *testing.T, n *testNet) string { return n.MustExec(t, "nft", "list", "ruleset") },
 		gone: func(t *testing.T, n *testNet) bool {
