@@ -300,6 +300,9 @@ type op struct {
 // On ENOENT (someone deleted our table or a set meanwhile) it reloads what
 // the kernel holds and retries once. Called with b.mu held.
 func (b *NFTables) apply(ctx context.Context, ops []op, rebuild bool, drop []string) error {
+	if err := ctx.Err(); err != nil {
+		return err // netlink takes no context: at least send nothing once it ended
+	}
 	err := b.applyOnce(ops, rebuild, drop)
 	if errors.Is(err, unix.ENOENT) && ctx.Err() == nil {
 		b.log.Warn("nftables: table or set changed behind our back, repairing", "err", err)
