@@ -124,7 +124,11 @@ func diagnose(ctx context.Context, c config.Config, f doctorFlags) []finding {
 			fix: "--dovecot-config FILE names another instance"})
 		dc = nil
 	} else {
-		out = append(out, checkDovecot(dc, c, dvFix)...)
+		var sasl []string
+		if pc != nil {
+			sasl = pc.dovecotSASL()
+		}
+		out = append(out, checkDovecot(dc, c, sasl, dvFix)...)
 	}
 
 	header := c.Dovecot.APIHeader
@@ -253,12 +257,7 @@ func checkPostfix(pc *postfixConf, listen, fix string) []finding {
 
 // tlsNote says when `mailguard simulate` needs TLS against a service.
 func tlsNote(pc *postfixConf, s *smtpdService) string {
-	get := func(p string) string {
-		if v, ok := s.OverX[p]; ok {
-			return v
-		}
-		return pc.MainX[p]
-	}
+	get := func(p string) string { return pc.param(s, p) }
 	switch {
 	case get("smtpd_tls_wrappermode") == "yes":
 		return "service " + s.key() + " speaks TLS from the start: `mailguard simulate` against it needs --tls"
@@ -282,9 +281,14 @@ func sameAPIHeader(a, b string) bool {
 	return norm(a) == norm(b)
 }
 
-func checkDovecot(dc *dovecotConf, c config.Config, fix string) []finding {
+// checkDovecot checks Dovecot's auth policy settings against mailguard's;
+// sasl names the Postfix services whose SMTP AUTH goes through Dovecot
+// (whose delays then count against Postfix's limit).
+func checkDovecot(dc *dovecotConf, c config.Config, sasl []string, fix string) []finding {
 	var out []finding
-	bad := func(what, how string) { out = append(out, finding{area: "dovecot", problem: true, what: what, fix: how}) }
+	bad := func(what, how string) {
+		out = append(out, finding{area: "dovecot", problem: true, what: what, fix: how})
+	}
 	wantURL, urlErr := dovecotURL(c.Dovecot.Listen)
 	switch ep, isHTTP := urlEndpoint(dc.URL); {
 	case dc.URL == "":
@@ -326,11 +330,13 @@ func checkDovecot(dc *dovecotConf, c config.Config, fix string) []finding {
 	case "on":
 		penalty = dovecotPenaltyMax
 	case "":
-		out = append(out, finding{area: "dovecot", what: "cannot tell from doveconf whether Dovecot's anvil auth penalty is on (up to 15 s per address); it counts against Postfix's ~10 s for SMTP AUTH"})
+		if len(sasl) > 0 {
+			out = append(out, finding{area: "dovecot", what: "cannot tell from doveconf whether Dovecot's anvil auth penalty is on (up to 15 s per address); it counts against Postfix's ~10 s for SMTP AUTH"})
+		}
 	}
-	if sum := penalty + dc.FailureDelay + tarpit; sum > postfixSASLBudget {
-		what := fmt.Sprintf("one SMTP AUTH can be held up to %s (Dovecot's anvil penalty %s + auth_failure_delay %s + mailguard's dovecot.tarpit.max %s), but Postfix waits only about 10 s and then answers 454 instead of 535",
-			sum, penalty, dc.FailureDelay, tarpit)
+	if sum := penalty + dc.FailureDelay + tarpit; len(sasl) > 0 && sum > postfixSASLBudget {
+		what := fmt.Sprintf("Postfix hands SMTP AUTH to Dovecot (%s) and one can be held up to %s (Dovecot's anvil penalty %s + auth_failure_delay %s + mailguard's dovecot.tarpit.max %s), but Postfix waits only about 10 s and then answers 454 instead of 535",
+			strings.Join(sasl, ", "), sum, penalty, dc.FailureDelay, tarpit)
 		how := fmt.Sprintf("keep the sum under %s", postfixSASLBudget)
 		if penalty > 0 {
 			how = "switch Dovecot's penalty off (service anvil { unix_listener anvil-auth-penalty { mode = 0 } }) and let mailguard's site-wide tarpit do that work, and " + how
@@ -350,7 +356,9 @@ func checkDovecot(dc *dovecotConf, c config.Config, fix string) []finding {
 // 401 that mailguard refuses it).
 func checkDaemon(ctx context.Context, c config.Config, header string) []finding {
 	var out []finding
-	down := func(what, fix string) { out = append(out, finding{area: "mailguard", problem: true, what: what, fix: fix}) }
+	down := func(what, fix string) {
+		out = append(out, finding{area: "mailguard", problem: true, what: what, fix: fix})
+	}
 	const start = "start it (systemctl start mailguard) or check its log (journalctl -u mailguard)"
 	actx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	_, err := (&admin.Client{Socket: c.Admin.Socket}).Status(actx, "")

@@ -36,8 +36,10 @@ var restrictionLists = []string{
 
 const recipientList = "smtpd_recipient_restrictions"
 
-// tlsParams decide whether a service offers AUTH without TLS.
-var tlsParams = []string{"smtpd_tls_auth_only", "smtpd_tls_security_level", "smtpd_tls_wrappermode"}
+// serviceParams decide whether a service offers AUTH without TLS, and
+// whether its SMTP AUTH goes to Dovecot.
+var serviceParams = []string{"smtpd_tls_auth_only", "smtpd_tls_security_level", "smtpd_tls_wrappermode",
+	"smtpd_sasl_auth_enable", "smtpd_sasl_type"}
 
 // errNotInstalled means a server's tool is not on this host.
 var errNotInstalled = errors.New("not installed")
@@ -317,6 +319,30 @@ type smtpdService struct {
 
 func (s smtpdService) key() string { return s.Name + "/" + s.Type }
 
+// param is a parameter's expanded value for service s (main.cf's when s is
+// nil or does not override it).
+func (pc *postfixConf) param(s *smtpdService, name string) string {
+	if s != nil {
+		if v, ok := s.OverX[name]; ok {
+			return v
+		}
+	}
+	return pc.MainX[name]
+}
+
+// dovecotSASL lists the smtpd services whose SMTP AUTH Postfix hands to
+// Dovecot (smtpd_sasl_auth_enable = yes, smtpd_sasl_type = dovecot).
+func (pc *postfixConf) dovecotSASL() []string {
+	var out []string
+	for i := range pc.Services {
+		s := &pc.Services[i]
+		if pc.param(s, "smtpd_sasl_auth_enable") == "yes" && pc.param(s, "smtpd_sasl_type") == "dovecot" {
+			out = append(out, s.key())
+		}
+	}
+	return out
+}
+
 // nameValues reads postconf's "name = value" lines.
 func nameValues(out string) map[string]string {
 	m := map[string]string{}
@@ -342,7 +368,7 @@ func readPostfix(ctx context.Context, dir string) (*postfixConf, error) {
 		return nil, err
 	}
 	pc.Main = nameValues(out)
-	if out, err = runTool(ctx, "postconf", append(append(append(c, "-x"), restrictionLists...), tlsParams...)...); err != nil {
+	if out, err = runTool(ctx, "postconf", append(append(append(c, "-x"), restrictionLists...), serviceParams...)...); err != nil {
 		return nil, err
 	}
 	pc.MainX = nameValues(out)
@@ -415,8 +441,8 @@ func dovecotVersion(ctx context.Context) (string, int, int, error) {
 	if err != nil {
 		return "", 0, 0, err
 	}
-	v := strings.TrimSpace(out)
-	f := strings.SplitN(strings.Fields(v + " ")[0], ".", 3)
+	v := strings.Fields(out + " ")[0] // "2.3.19.1", without the build id
+	f := strings.SplitN(v, ".", 3)
 	if len(f) < 2 {
 		return v, 0, 0, fmt.Errorf("dovecot --version: cannot read %q", v)
 	}
