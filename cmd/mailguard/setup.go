@@ -518,7 +518,7 @@ func setupDovecot(ctx context.Context, out io.Writer, c config.Config, f setupFl
 		got, err := doveconf(ctx, f.dovecotConf, name)
 		if err != nil {
 			restore()
-			return fmt.Errorf("Dovecot refused the new file, restored the old state: %w", err)
+			return fmt.Errorf("doveconf refused the new file (old state restored): %w", err)
 		}
 		if got != want {
 			restore()
