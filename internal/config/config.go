@@ -62,6 +62,10 @@ type Dovecot struct {
 	Tarpit    Tarpit   `mapstructure:"tarpit" yaml:"tarpit"`
 	MaxConns  int      `mapstructure:"max_conns" yaml:"max_conns"`
 	Timeout   Duration `mapstructure:"timeout" yaml:"timeout"`
+
+	// InsecureNoAuth: with APIHeader empty, require no API header at all
+	// (otherwise a key in state_dir is generated and required).
+	InsecureNoAuth bool `mapstructure:"insecure_no_auth" yaml:"insecure_no_auth"`
 }
 
 type Tarpit struct {

@@ -134,6 +134,9 @@ func (c *Config) validate() Errors {
 	if strings.ContainsAny(c.Dovecot.APIHeader, "\r\n") {
 		bad("dovecot.api_header", "must be one line")
 	}
+	if c.Dovecot.InsecureNoAuth && strings.TrimSpace(c.Dovecot.APIHeader) != "" {
+		bad("dovecot.insecure_no_auth", "true contradicts dovecot.api_header being set: unset one of them")
+	}
 	if c.Dovecot.Tarpit.Max.D() > 8*time.Second {
 		bad("dovecot.tarpit.max", "%s is too long: Postfix waits about 10s for Dovecot SASL; keep it at 8s or less", c.Dovecot.Tarpit.Max)
 	}
