@@ -131,7 +131,7 @@ func diagnose(ctx context.Context, c config.Config, f doctorFlags) []finding {
 		out = append(out, checkDovecot(dc, c, sasl, dvFix)...)
 	}
 
-	header := c.Dovecot.APIHeader
+	header, _ := dovecotAPIHeader(c, false)
 	if dc != nil {
 		header = dc.APIHeader
 	}
@@ -303,13 +303,16 @@ func checkDovecot(dc *dovecotConf, c config.Config, sasl []string, fix string) [
 			bad("auth_policy_server_url is "+dc.URL+", but mailguard's dovecot.listen is "+c.Dovecot.Listen+" (want "+wantURL+")", fix)
 		}
 	}
-	want := c.Dovecot.APIHeader
+	want, wantErr := dovecotAPIHeader(c, false)
 	switch {
 	case isPlaceholder(dc.APIHeader):
 		bad("auth_policy_server_api_header is still contrib's REPLACE_ placeholder", fix)
+	case wantErr != nil:
+		bad("cannot tell which API header mailguard wants: "+wantErr.Error(),
+			"start mailguard once (it makes "+dovecotKeyPath(c)+"), or set dovecot.api_header; then "+fix)
 	case want == "":
-		bad("mailguard's dovecot.api_header is empty: any local process can report failed logins to mailguard",
-			"set dovecot.api_header (\"Authorization: Bearer KEY\", KEY from `openssl rand -hex 32`), restart mailguard, then "+fix)
+		bad("dovecot.insecure_no_auth is true: any local process can report failed logins to mailguard (and ban any address)",
+			"remove dovecot.insecure_no_auth, restart mailguard (it makes its key), then "+fix)
 	case dc.APIHeader == "":
 		bad("auth_policy_server_api_header is not set: mailguard answers Dovecot with 401 and Dovecot lets every login through", fix)
 	case !sameAPIHeader(dc.APIHeader, want):

@@ -125,9 +125,27 @@ func TestCheckDovecot(t *testing.T) {
 			}
 		})
 	}
+	// Without dovecot.api_header: the daemon's key in state_dir.
 	c.Dovecot.APIHeader = ""
-	if got := problems(checkDovecot(good(), c, nil, "fix")); len(got) != 1 || !strings.Contains(got[0], "dovecot.api_header is empty") {
-		t.Errorf("empty dovecot.api_header: %q", got)
+	c.StateDir = t.TempDir()
+	if got := problems(checkDovecot(good(), c, nil, "fix")); len(got) != 1 || !strings.Contains(got[0], "cannot tell which API header mailguard wants") {
+		t.Errorf("no key yet: %q", got)
+	}
+	h, err := dovecotAPIHeader(c, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dc := good()
+	dc.APIHeader = h
+	if got := problems(checkDovecot(dc, c, nil, "fix")); len(got) != 0 {
+		t.Errorf("Dovecot sends the daemon's key: %q", got)
+	}
+	if got := problems(checkDovecot(good(), c, nil, "fix")); len(got) != 1 || !strings.Contains(got[0], "does not match") {
+		t.Errorf("Dovecot sends another key than the daemon's: %q", got)
+	}
+	c.Dovecot.InsecureNoAuth = true
+	if got := problems(checkDovecot(good(), c, nil, "fix")); len(got) != 1 || !strings.Contains(got[0], "insecure_no_auth is true") {
+		t.Errorf("insecure_no_auth: %q", got)
 	}
 }
 

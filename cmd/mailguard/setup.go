@@ -359,12 +359,14 @@ func rewriteEntry(ctx context.Context, dir string, ch postfixChange) error {
 
 // ---- Dovecot ----
 
-// setupAPIHeader is the API header Dovecot must send: dovecot.api_header.
+// setupAPIHeader is the API header Dovecot must send (dovecotAPIHeader):
+// dovecot.api_header, or the daemon's generated key, made now when the
+// daemon has not run yet so that setup may come first. "" under
+// dovecot.insecure_no_auth.
 func setupAPIHeader(c config.Config) (string, error) {
-	h := strings.TrimSpace(c.Dovecot.APIHeader)
-	if h == "" {
-		return "", &exitError{exitUsage, errors.New("dovecot.api_header is not set: set it in mailguard's config " +
-			"(e.g. dovecot.api_header: \"Authorization: Bearer KEY\", KEY from `openssl rand -hex 32`), restart mailguard, then run setup again")}
+	h, err := dovecotAPIHeader(c, true)
+	if err != nil {
+		return "", fmt.Errorf("%w (or set dovecot.api_header)", err)
 	}
 	return h, nil
 }
