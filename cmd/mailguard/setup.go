@@ -252,6 +252,10 @@ func setupPostfix(ctx context.Context, out io.Writer, c config.Config, f setupFl
 		return err
 	}
 	pfx := "postfix" + dirFlag("-c", f.postfixDir, defaultPostfixDir)
+	if l, _ := listenEndpoint(c.Postfix.Listen); l.network == "unix" && strings.HasPrefix(postfixServer(l, pc.QueueDir), "unix:/") {
+		fmt.Fprintf(out, "# warning: postfix.listen %s is outside queue_directory %s: a chrooted smtpd (Debian's default) cannot reach it; listen under %s/private instead\n",
+			c.Postfix.Listen, pc.QueueDir, pc.QueueDir)
+	}
 	if len(changes) == 0 {
 		fmt.Fprintf(out, "Postfix (%s) already asks mailguard at %s in every smtpd service: nothing to change.\n", f.postfixDir, c.Postfix.Listen)
 		return nil
