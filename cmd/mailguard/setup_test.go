@@ -8,7 +8,15 @@ import (
 	"github.com/mailguard/mailguard/contrib"
 )
 
-const stockPolicy = "check_policy_service { inet:127.0.0.1:10028, timeout=5s, default_action=DUNNO }"
+// stockPolicy is contrib's check_policy_service element at the default
+// postfix.listen (timeout=5s, default_action=DUNNO as shipped).
+var stockPolicy = func() string {
+	e, err := contribPolicy("inet:127.0.0.1:10028")
+	if err != nil {
+		panic(err)
+	}
+	return e.String()
+}()
 
 func TestParseList(t *testing.T) {
 	for _, tc := range []struct {
