@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -404,16 +405,8 @@ func readPostfix(ctx context.Context, dir string) (*postfixConf, error) {
 		}
 		pc.Services = append(pc.Services, s)
 	}
-	sortServices(pc.Services)
+	slices.SortFunc(pc.Services, func(a, b smtpdService) int { return strings.Compare(a.key(), b.key()) })
 	return pc, nil
-}
-
-func sortServices(s []smtpdService) {
-	for i := 1; i < len(s); i++ {
-		for j := i; j > 0 && s[j].key() < s[j-1].key(); j-- {
-			s[j], s[j-1] = s[j-1], s[j]
-		}
-	}
 }
 
 // ---- Dovecot ----
