@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/spf13/cobra"
 
@@ -39,7 +40,7 @@ func (f finding) String() string {
 // cleanLine keeps one line of printable text (values come from config files).
 func cleanLine(s string) string {
 	return strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f {
+		if unicode.IsControl(r) {
 			return ' '
 		}
 		return r
@@ -165,7 +166,7 @@ func checkPostfix(pc *postfixConf, listen, fix string) []finding {
 		return []finding{{area: "mailguard", problem: true, what: "postfix.listen " + err.Error(), fix: "set postfix.listen to host:port or unix:/path"}}
 	}
 	server := postfixServer(ours, pc.QueueDir)
-	policy := "check_policy_service { " + server + ", timeout=5s, default_action=DUNNO }"
+	policy := "check_policy_service { " + server + ", default_action=DUNNO }" // contrib's, unless contrib lost it
 	if p, err := contribPolicy(server); err == nil {
 		policy = p.String()
 	}
