@@ -370,7 +370,10 @@ func submissionRCPT(t *testing.T, addr, src string) string {
 	return s.Cmd(t, "RCPT TO:<postmaster@example.org>")
 }
 
-const setupAPIHeader = "Authorization: Bearer e2e-setup-key"
+const (
+	setupAPIHeader = "Authorization: Bearer e2e-setup-key"
+	setupRejectMsg = "Too many failed logins, e2e setup"
+)
 
 // setupDaemon runs mailguard with an API header and a known reject text in
 // its config file, where setup and doctor read them too.
@@ -382,7 +385,7 @@ func setupDaemon(t *testing.T) *Daemon {
 		t.Fatal(err)
 	}
 	cfg := regexp.MustCompile(`(?m)^  (api_header|reject_msg): .*\n`).ReplaceAllString(string(b), "")
-	cfg = strings.Replace(cfg, "dovecot:\n", fmt.Sprintf("dovecot:\n  api_header: %q\n  reject_msg: %q\n", setupAPIHeader, rejectMsg), 1)
+	cfg = strings.Replace(cfg, "dovecot:\n", fmt.Sprintf("dovecot:\n  api_header: %q\n  reject_msg: %q\n", setupAPIHeader, setupRejectMsg), 1)
 	if !strings.Contains(cfg, setupAPIHeader) {
 		t.Fatalf("no dovecot: section in the test config:\n%s", b)
 	}
@@ -521,15 +524,15 @@ func TestSetupDovecotWrite(t *testing.T) {
 
 	dv.start(t)
 	const banned, other = "127.0.0.2", "127.0.0.3"
-	if r := imapTLSLogin(t, dv.IMAP, other, stockUser, stockPassword); strings.Contains(r, rejectMsg) {
+	if r := imapTLSLogin(t, dv.IMAP, other, stockUser, stockPassword); strings.Contains(r, setupRejectMsg) {
 		t.Fatalf("login from %s = %q: refused before any ban", other, r)
 	}
 	d.MustCLI("ban", banned)
-	want := "a1 NO [ALERT] " + rejectMsg
+	want := "a1 NO [ALERT] " + setupRejectMsg
 	if r := imapTLSLogin(t, dv.IMAP, banned, stockUser, stockPassword); r != want {
 		t.Fatalf("login from banned %s = %q, want %q", banned, r, want)
 	}
-	if r := imapTLSLogin(t, dv.IMAP, other, stockUser, stockPassword); strings.Contains(r, rejectMsg) {
+	if r := imapTLSLogin(t, dv.IMAP, other, stockUser, stockPassword); strings.Contains(r, setupRejectMsg) {
 		t.Fatalf("login from %s = %q: refused, it is not banned", other, r)
 	}
 }
