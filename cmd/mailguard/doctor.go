@@ -215,11 +215,17 @@ func checkPostfix(pc *postfixConf, listen, fix string) []finding {
 				}
 			}
 			if l.param == recipientList && len(at) > 0 && permit != "" {
-				why := "clients it permits are never checked"
-				if permit == "permit_sasl_authenticated" {
-					why = "authenticated senders are never counted or refused"
+				// After permit_sasl_authenticated (or permit) it misses what it
+				// is for; after another permit_* it spares a trusted group,
+				// which may be meant: a note.
+				why, bad := "clients it permits are never checked", false
+				switch permit {
+				case "permit_sasl_authenticated":
+					why, bad = "authenticated senders are never counted or refused", true
+				case "permit":
+					why, bad = "it is never asked", true
 				}
-				add(finding{area: "postfix", problem: true,
+				add(finding{area: "postfix", problem: bad,
 					what: "mailguard's check_policy_service comes after " + permit + " in " + l.where + ": " + why,
 					fix:  "move it first in the list (" + fix + ")"})
 			}

@@ -27,6 +27,9 @@ func problems(fs []finding) []string {
 
 func TestCheckPostfix(t *testing.T) {
 	good := stockPolicy + ", permit_sasl_authenticated, reject"
+	notes := map[string]string{ // case name: the start of a note it must print
+		"after permit_mynetworks: a note": "note postfix: mailguard's check_policy_service comes after permit_mynetworks in main.cf smtpd_recipient_restrictions",
+	}
 	for _, tc := range []struct {
 		name string
 		edit func(pc *postfixConf)
@@ -51,6 +54,10 @@ func TestCheckPostfix(t *testing.T) {
 			"in master.cf service submission/inet -o smtpd_recipient_restrictions has no default_action",
 			"comes after permit_sasl_authenticated in master.cf service submission/inet -o smtpd_recipient_restrictions: authenticated senders are never counted",
 		}},
+		{"after permit_mynetworks: a note", func(pc *postfixConf) {
+			pc.MainX[recipientList] = "permit_mynetworks, " + stockPolicy
+			pc.Services[1].OverX[recipientList], pc.Services[2].OverX[recipientList] = good, good
+		}, nil},
 		{"twice, through the client list", func(pc *postfixConf) {
 			pc.MainX[recipientList] = stockPolicy
 			pc.MainX["smtpd_client_restrictions"] = stockPolicy
@@ -64,7 +71,17 @@ func TestCheckPostfix(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			pc := debian()
 			tc.edit(pc)
-			got := problems(checkPostfix(pc, "127.0.0.1:10028", "mailguard setup postfix --write"))
+			fs := checkPostfix(pc, "127.0.0.1:10028", "mailguard setup postfix --write")
+			got := problems(fs)
+			if note := notes[tc.name]; note != "" {
+				found := false
+				for _, f := range fs {
+					found = found || (!f.problem && strings.HasPrefix(f.String(), note))
+				}
+				if !found {
+					t.Errorf("no note %q in %v", note, fs)
+				}
+			}
 			if len(got) != len(tc.want) {
 				t.Fatalf("%d problems, want %d:\n%s", len(got), len(tc.want), strings.Join(got, "\n"))
 			}
