@@ -40,8 +40,8 @@ own, and prints the exact lines to add: for Postfix the check_policy_service
 restriction in main.cf and in every master.cf service that overrides its
 restrictions (Debian's submission and smtps); for Dovecot the conf.d file of
 contrib/ for the installed version, with the API header and the hash nonce
-filled in. --write installs them, with a backup of every file it changes,
-and says which reload to run.`,
+filled in (masked in the printout unless --show-secrets). --write installs
+them, with a backup of every file it changes, and says which reload to run.`,
 		Args:      usageArgs(1),
 		ValidArgs: []string{"postfix", "dovecot"},
 		RunE: func(cmd *cobra.Command, args []string) error {
