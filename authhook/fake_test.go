@@ -17,28 +17,37 @@ import (
 	"github.com/mailguard/mailguard/store"
 )
 
-// fakeGuard counts failures per address, refuses the addresses in refused,
-// and records its calls.
+// fakeGuard counts failures per address, refuses the addresses in refused
+// (and the users in userBanned, as a user ban does), and records its calls.
 type fakeGuard struct {
-	mu       sync.Mutex
-	refused  map[netip.Addr]bool
-	failures map[netip.Addr]int
-	calls    []string
+	mu           sync.Mutex
+	refused      map[netip.Addr]bool
+	failures     map[netip.Addr]int
+	userBanned   map[string]bool
+	userFailures map[string]int
+	calls        []string
 }
 
 func newFakeGuard(refused ...string) *fakeGuard {
-	g := &fakeGuard{refused: map[netip.Addr]bool{}, failures: map[netip.Addr]int{}}
+	g := &fakeGuard{refused: map[netip.Addr]bool{}, failures: map[netip.Addr]int{},
+		userBanned: map[string]bool{}, userFailures: map[string]int{}}
 	for _, a := range refused {
 		g.refused[netip.MustParseAddr(a)] = true
 	}
 	return g
 }
 
-func (g *fakeGuard) Check(_ context.Context, a netip.Addr, user string) (bool, int, error) {
+func (g *fakeGuard) Check(_ context.Context, a netip.Addr, user string) (CheckResult, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.calls = append(g.calls, fmt.Sprintf("check %s %s", a, user))
-	return g.refused[a], g.failures[a], nil
+	if g.refused[a] {
+		return CheckResult{Refused: true}, nil
+	}
+	if g.userBanned[user] {
+		return CheckResult{Refused: true, ByUser: true}, nil
+	}
+	return CheckResult{Failures: g.failures[a], UserFailures: g.userFailures[user]}, nil
 }
 
 func (g *fakeGuard) Fail(_ context.Context, a netip.Addr, user, protocol, pwhash string) ([]store.Ban, error) {
@@ -81,7 +90,9 @@ func (g *fakeGuard) takeCalls() []string {
 // benchGuard answers at once, without state.
 type benchGuard struct{}
 
-func (benchGuard) Check(context.Context, netip.Addr, string) (bool, int, error) { return false, 2, nil }
+func (benchGuard) Check(context.Context, netip.Addr, string) (CheckResult, error) {
+	return CheckResult{Failures: 2}, nil
+}
 func (benchGuard) Fail(context.Context, netip.Addr, string, string, string) ([]store.Ban, error) {
 	return nil, nil
 }
@@ -92,8 +103,8 @@ func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
 // errGuard fails every call.
 type errGuard struct{}
 
-func (errGuard) Check(context.Context, netip.Addr, string) (bool, int, error) {
-	return false, 0, fmt.Errorf("store: %w", context.DeadlineExceeded)
+func (errGuard) Check(context.Context, netip.Addr, string) (CheckResult, error) {
+	return CheckResult{}, fmt.Errorf("store: %w", context.DeadlineExceeded)
 }
 func (errGuard) Fail(context.Context, netip.Addr, string, string, string) ([]store.Ban, error) {
 	return nil, fmt.Errorf("store: down")
@@ -114,8 +125,8 @@ func (g blockGuard) wait(ctx context.Context) error {
 	<-ctx.Done()
 	return ctx.Err()
 }
-func (g blockGuard) Check(ctx context.Context, _ netip.Addr, _ string) (bool, int, error) {
-	return false, 0, g.wait(ctx)
+func (g blockGuard) Check(ctx context.Context, _ netip.Addr, _ string) (CheckResult, error) {
+	return CheckResult{}, g.wait(ctx)
 }
 func (g blockGuard) Fail(ctx context.Context, _ netip.Addr, _, _, _ string) ([]store.Ban, error) {
 	return nil, g.wait(ctx)
@@ -125,7 +136,7 @@ func (g blockGuard) Succeed(ctx context.Context, _ netip.Addr, _ string) error {
 // panicGuard panics.
 type panicGuard struct{ errGuard }
 
-func (panicGuard) Check(context.Context, netip.Addr, string) (bool, int, error) {
+func (panicGuard) Check(context.Context, netip.Addr, string) (CheckResult, error) {
 	panic("boom")
 }
 

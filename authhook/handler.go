@@ -26,8 +26,9 @@ var replyOK = []byte(`{"status":0,"msg":""}` + "\n")
 //     object (400) whose remote is an IP address (400). Those answers carry
 //     {"error": "..."}; Dovecot treats them as "allow".
 //   - allow: {"status":-1,"msg":RejectMsg} when the guard refuses the client
-//     or user; in the before-auth allow, {"status":N} to delay N seconds per
-//     Tarpit; else {"status":0}. The after-auth allow (the second allow of a
+//     (RejectUserMsg when the refusal is about the user's account); in the
+//     before-auth allow, {"status":N} to delay N seconds per Tarpit (aware
+//     of the protocol); else {"status":0}. The after-auth allow (the second allow of a
 //     login attempt, see sessions) never delays but does refuse.
 //   - report: success counts a success, a failure that is not ours
 //     (policy_reject) counts a failure; the answer is {"status":0,"msg":""}.
@@ -111,13 +112,8 @@ func (s *Server) allow(ctx context.Context, req *Request, a netip.Addr, proto st
 	if after {
 		stage = "after-auth"
 	}
-	type verdict struct {
-		refused  bool
-		failures int
-	}
-	v, err := call(ctx, s, func(ctx context.Context) (verdict, error) {
-		refused, failures, err := s.Guard.Check(ctx, a, req.Login)
-		return verdict{refused, failures}, err
+	v, err := call(ctx, s, func(ctx context.Context) (CheckResult, error) {
+		return s.Guard.Check(ctx, a, req.Login)
 	})
 	if err != nil && s.clientGone(ctx, stage, a, err) {
 		return Reply{}, VerdictGone
@@ -131,21 +127,24 @@ func (s *Server) allow(ctx context.Context, req *Request, a netip.Addr, proto st
 		s.log.Warn("guard check failed, refusing (fail closed)", "stage", stage, "remote", a, "protocol", proto, "err", err)
 		return Reply{Status: -1, Msg: s.TempFailMsg}, VerdictFailClosed
 	}
-	if v.refused {
+	if v.Refused {
 		if s.refusedLog.First(a.String(), s.now(), refusalLogEvery) {
-			s.log.Info("refused", "stage", stage, "remote", a, "protocol", proto)
+			s.log.Info("refused", "stage", stage, "remote", a, "protocol", proto, "by_user", v.ByUser)
 		} else {
-			s.log.Debug("refused", "stage", stage, "remote", a, "protocol", proto)
+			s.log.Debug("refused", "stage", stage, "remote", a, "protocol", proto, "by_user", v.ByUser)
+		}
+		if v.ByUser {
+			return Reply{Status: -1, Msg: s.RejectUserMsg}, VerdictRefuse
 		}
 		return Reply{Status: -1, Msg: s.RejectMsg}, VerdictRefuse
 	}
 	if !after {
-		if n := s.Tarpit.status(v.failures); n > 0 {
-			s.log.Debug("tarpit", "remote", a, "protocol", proto, "count", v.failures, "delay", n)
+		if n := s.Tarpit.status(v.Failures, v.UserFailures, proto); n > 0 {
+			s.log.Debug("tarpit", "remote", a, "protocol", proto, "count", v.Failures, "user_count", v.UserFailures, "delay", n)
 			return Reply{Status: n}, VerdictTarpit
 		}
 	}
-	s.log.Debug("allow", "stage", stage, "request", *req, "count", v.failures)
+	s.log.Debug("allow", "stage", stage, "request", *req, "count", v.Failures, "user_count", v.UserFailures)
 	return Reply{}, VerdictAllow
 }
 

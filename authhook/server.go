@@ -42,11 +42,24 @@ import (
 type Guard interface {
 	// Check tells whether the client, or the user logging in from it, is
 	// refused, and how many recent failures count against it.
-	Check(ctx context.Context, a netip.Addr, user string) (refused bool, failures int, err error)
+	Check(ctx context.Context, a netip.Addr, user string) (CheckResult, error)
 	// Fail records a failed login; pwhash tells distinct passwords apart.
 	Fail(ctx context.Context, a netip.Addr, user, protocol, pwhash string) ([]store.Ban, error)
 	// Succeed records a successful login.
 	Succeed(ctx context.Context, a netip.Addr, user string) error
+}
+
+// CheckResult is what Guard.Check finds.
+type CheckResult struct {
+	// Refused refuses the login (status -1).
+	Refused bool
+	// ByUser: the refusal is about the user's account (a ban keyed by user
+	// alone), not the client's network; it is answered with RejectUserMsg.
+	ByUser bool
+	// Failures counts recent failures against the client (address, prefix,
+	// user+prefix); UserFailures those against its user from anywhere else.
+	// Both feed the Tarpit.
+	Failures, UserFailures int
 }
 
 // Metrics receives one call per well-formed request, with its verdict (one
@@ -104,6 +117,7 @@ const (
 // DefaultReadTimeout: Dovecot sends a request at once and gives up after 2s.
 const (
 	DefaultRejectMsg     = "Too many failed logins from your network. Try again later or contact your mail administrator."
+	DefaultRejectUserMsg = "Too many failed logins to this account. Try again later from a device you used before, or contact your mail administrator."
 	DefaultTempFailMsg   = "Temporary authentication failure, try again later"
 	DefaultTimeout       = 500 * time.Millisecond // Dovecot waits 2s (auth_policy_server_timeout_msecs); = policyd.DefaultTimeout (store.timeout)
 	DefaultMaxBody       = 16 << 10
@@ -128,6 +142,10 @@ type Server struct {
 	// RejectMsg is shown to refused clients (IMAP "NO [ALERT] msg", POP3
 	// "-ERR [AUTH] msg", SMTP "535 5.7.8 Error: authentication failed: msg").
 	RejectMsg string
+	// RejectUserMsg is shown instead when the refusal is about the user's
+	// account (CheckResult.ByUser): a ban keyed by user refuses it from
+	// every network but the user's known devices.
+	RejectUserMsg string
 	// TempFailMsg refuses logins when the guard fails and FailOpen is false.
 	TempFailMsg string
 	// Tarpit delays the before-auth allow of clients with recent failures.
@@ -176,11 +194,15 @@ func (s *Server) init() {
 		if s.RejectMsg == "" {
 			s.RejectMsg = DefaultRejectMsg
 		}
+		if s.RejectUserMsg == "" {
+			s.RejectUserMsg = DefaultRejectUserMsg
+		}
 		if s.TempFailMsg == "" {
 			s.TempFailMsg = DefaultTempFailMsg
 		}
 		// The message goes into a Dovecot protocol line.
 		s.RejectMsg = oneLine(s.RejectMsg)
+		s.RejectUserMsg = oneLine(s.RejectUserMsg)
 		s.TempFailMsg = oneLine(s.TempFailMsg)
 		s.Timeout = orDefault(s.Timeout, DefaultTimeout)
 		s.MaxBody = orDefault(s.MaxBody, DefaultMaxBody)

@@ -207,16 +207,42 @@ func (g *Guard) knownKey(a netip.Addr, user string) string {
 	return userNetSubject(user, g.prefixes.of(a))
 }
 
+// Verdict is what CheckLogin finds about a client logging in as a user.
+type Verdict struct {
+	// Refused: a ban refuses the client or the user logging in from it.
+	Refused bool
+	// ByUser: every ban that refuses is keyed by the user alone (key user),
+	// so the refusal is about the account, not the client's network.
+	ByUser bool
+	// Failures is the most recent failures any jail counting auth failures
+	// holds against the client's address, prefix or user+prefix.
+	Failures int
+	// UserFailures is the most any such jail keyed by user alone holds
+	// against the login (failures from anywhere); zero from the user's known
+	// devices.
+	UserFailures int
+}
+
 // Check tells whether a client (and, if not empty, the user it logs in as) is
 // refused, and how many recent failures count against it (the most of any
-// jail counting auth failures; the basis of a tarpit). One store round trip.
+// jail counting auth failures). See CheckLogin.
+func (g *Guard) Check(ctx context.Context, a netip.Addr, user string) (refused bool, failures int, err error) {
+	v, err := g.CheckLogin(ctx, a, user)
+	return v.Refused, max(v.Failures, v.UserFailures), err
+}
+
+// CheckLogin tells whether a client (and, if not empty, the user it logs in
+// as) is refused, whether by a user ban, and how many recent failures count
+// against the client and against the user (the basis of a tarpit). One store
+// round trip.
 //
 // A ban keyed by user refuses that user only from prefixes that are not its
 // known devices: an attacker cannot lock a user out of their own phone.
-func (g *Guard) Check(ctx context.Context, a netip.Addr, user string) (refused bool, failures int, err error) {
+func (g *Guard) CheckLogin(ctx context.Context, a netip.Addr, user string) (Verdict, error) {
+	var v Verdict
 	a = Canon(a)
 	if !a.IsValid() || g.Ignored(a) {
-		return false, 0, nil
+		return v, nil
 	}
 	q := store.Query{Subjects: []string{netSubject(hostPrefix(a)), netSubject(g.prefixes.of(a))}}
 	if q.Subjects[0] == q.Subjects[1] {
@@ -239,21 +265,30 @@ func (g *Guard) Check(ctx context.Context, a netip.Addr, user string) (refused b
 	}
 	ans, err := g.st.Check(ctx, q)
 	if err != nil {
-		return false, 0, fmt.Errorf("guard: check: %w", err)
+		return Verdict{}, fmt.Errorf("guard: check: %w", err)
 	}
+	v.ByUser = true
 	for _, b := range ans.Bans {
-		if strings.HasPrefix(b.Subject, "user:") && ans.Known {
+		byUser := strings.HasPrefix(b.Subject, "user:")
+		if byUser && ans.Known {
 			continue // the user's own device
 		}
-		return true, 0, nil
+		v.Refused = true
+		v.ByUser = v.ByUser && byUser
 	}
+	if v.Refused {
+		return Verdict{Refused: true, ByUser: v.ByUser}, nil
+	}
+	v.ByUser = false
 	for i, n := range ans.Counts {
-		if userCounts[i] && ans.Known {
-			continue
+		switch {
+		case !userCounts[i]:
+			v.Failures = max(v.Failures, n)
+		case !ans.Known:
+			v.UserFailures = max(v.UserFailures, n)
 		}
-		failures = max(failures, n)
 	}
-	return false, failures, nil
+	return v, nil
 }
 
 // Fail records a failed login. pwhash, if not empty, tells distinct

@@ -271,3 +271,51 @@ func TestStatusByProtocol(t *testing.T) {
 		t.Errorf("ByProtocol = %v, want imap 2, smtp 1", got)
 	}
 }
+
+// CheckLogin tells user bans from address bans, and the failures counted
+// against the client from those counted against its user elsewhere.
+func TestCheckLoginVerdict(t *testing.T) {
+	g, _ := newGuard(t, authJail, userJail)
+	ctx := context.Background()
+	check := func(a, user string) Verdict {
+		t.Helper()
+		v, err := g.CheckLogin(ctx, netip.MustParseAddr(a), user)
+		if err != nil {
+			t.Fatalf("CheckLogin(%s, %q): %v", a, user, err)
+		}
+		return v
+	}
+	home := netip.MustParseAddr("198.51.100.50")
+	if err := g.Succeed(ctx, home, "alice@example.org"); err != nil {
+		t.Fatal(err)
+	}
+	fail(t, g, "203.0.113.5", "alice@example.org", "0111", 1)
+	fail(t, g, "203.0.113.6", "alice@example.org", "0222", 1)
+	tests := []struct {
+		name, addr, user string
+		want             Verdict
+	}{
+		{"attacker, own failures and the user's", "203.0.113.5", "alice@example.org", Verdict{Failures: 1, UserFailures: 2}},
+		{"new network, the user's failures only", "192.0.2.9", "alice@example.org", Verdict{UserFailures: 2}},
+		{"known device", "198.51.100.50", "alice@example.org", Verdict{}},
+		{"attacker, another user", "203.0.113.5", "bob@example.org", Verdict{Failures: 1}},
+	}
+	for _, tt := range tests {
+		if got := check(tt.addr, tt.user); got != tt.want {
+			t.Errorf("%s: CheckLogin(%s, %s) = %+v, want %+v", tt.name, tt.addr, tt.user, got, tt.want)
+		}
+	}
+	// The third distinct password bans the user: a user-keyed refusal.
+	fail(t, g, "203.0.113.6", "alice@example.org", "0333", 1)
+	if got, want := check("192.0.2.9", "alice@example.org"), (Verdict{Refused: true, ByUser: true}); got != want {
+		t.Errorf("user banned: CheckLogin = %+v, want %+v", got, want)
+	}
+	// An address ban as well: the refusal is about the network.
+	fail(t, g, "203.0.113.6", "bob@example.org", "0444", 5)
+	if got, want := check("203.0.113.6", "alice@example.org"), (Verdict{Refused: true}); got != want {
+		t.Errorf("user and address banned: CheckLogin = %+v, want %+v", got, want)
+	}
+	if got, want := check("203.0.113.6", ""), (Verdict{Refused: true}); got != want {
+		t.Errorf("address banned: CheckLogin = %+v, want %+v", got, want)
+	}
+}

@@ -31,10 +31,10 @@ type jailGuard struct {
 	failures map[netip.Addr]int
 }
 
-func (g *jailGuard) Check(_ context.Context, a netip.Addr, _ string) (bool, int, error) {
+func (g *jailGuard) Check(_ context.Context, a netip.Addr, _ string) (authhook.CheckResult, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return g.failures[a] >= 5, g.failures[a], nil
+	return authhook.CheckResult{Refused: g.failures[a] >= 5, Failures: g.failures[a]}, nil
 }
 
 func (g *jailGuard) Fail(_ context.Context, a netip.Addr, _, _, _ string) ([]store.Ban, error) {

@@ -192,6 +192,13 @@ func (nopGuard) Fail(context.Context, netip.Addr, string, string, string) ([]sto
 }
 func (nopGuard) Succeed(context.Context, netip.Addr, string) error { return nil }
 
+// nopDovecotGuard is nopGuard as authhook consumes it.
+type nopDovecotGuard struct{ nopGuard }
+
+func (nopDovecotGuard) Check(context.Context, netip.Addr, string) (authhook.CheckResult, error) {
+	return authhook.CheckResult{}, nil
+}
+
 // The probes doctor sends get the answers it expects from the real front
 // ends: a policy action, and 400 (header passed) or 401 (header refused).
 func TestProbes(t *testing.T) {
@@ -211,7 +218,7 @@ func TestProbes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dv := &authhook.Server{Guard: nopGuard{}, APIHeader: "Authorization: Bearer k"}
+	dv := &authhook.Server{Guard: nopDovecotGuard{}, APIHeader: "Authorization: Bearer k"}
 	dvDone := make(chan error, 1)
 	go func() { dvDone <- dv.Serve(dl) }()
 	defer func() { dv.Close(); <-dvDone }()

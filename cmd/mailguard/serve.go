@@ -8,6 +8,7 @@ import (
 	"maps"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"slices"
 	"strings"
@@ -140,9 +141,10 @@ func serve(ctx context.Context, c config.Config, log *slog.Logger) error {
 		Metrics: metrics.Frontend{R: reg, Name: "postfix"},
 	}
 	dv := &authhook.Server{
-		Guard: g, APIHeader: c.Dovecot.APIHeader, RejectMsg: c.Dovecot.RejectMsg,
-		Tarpit:   authhook.Tarpit{Start: c.Dovecot.Tarpit.Start, Base: c.Dovecot.Tarpit.Base.D(), Max: c.Dovecot.Tarpit.Max.D()},
-		FailOpen: failOpen, Timeout: c.Store.Timeout.D(), MaxConns: c.Dovecot.MaxConns,
+		Guard: dovecotGuard{g}, APIHeader: c.Dovecot.APIHeader, RejectMsg: c.Dovecot.RejectMsg,
+		RejectUserMsg: c.Dovecot.RejectMsgUser,
+		Tarpit:        authhook.Tarpit{Start: c.Dovecot.Tarpit.Start, Base: c.Dovecot.Tarpit.Base.D(), Max: c.Dovecot.Tarpit.Max.D()},
+		FailOpen:      failOpen, Timeout: c.Store.Timeout.D(), MaxConns: c.Dovecot.MaxConns,
 		ReadTimeout: c.Dovecot.Timeout.D(),
 		Log:         log.With("frontend", "dovecot"), Metrics: metrics.Frontend{R: reg, Name: "dovecot"},
 	}
@@ -253,4 +255,13 @@ func httpServe(srv *http.Server, l net.Listener) error {
 		return err
 	}
 	return nil
+}
+
+// dovecotGuard gives authhook the verdict in its own type: front ends do not
+// import guard.
+type dovecotGuard struct{ *guard.Guard }
+
+func (d dovecotGuard) Check(ctx context.Context, a netip.Addr, user string) (authhook.CheckResult, error) {
+	v, err := d.CheckLogin(ctx, a, user)
+	return authhook.CheckResult{Refused: v.Refused, ByUser: v.ByUser, Failures: v.Failures, UserFailures: v.UserFailures}, err
 }

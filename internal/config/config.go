@@ -56,12 +56,14 @@ type Postfix struct {
 }
 
 type Dovecot struct {
-	Listen    string   `mapstructure:"listen" yaml:"listen"`
-	APIHeader string   `mapstructure:"api_header" yaml:"api_header" secret:"header"`
-	RejectMsg string   `mapstructure:"reject_msg" yaml:"reject_msg"`
-	Tarpit    Tarpit   `mapstructure:"tarpit" yaml:"tarpit"`
-	MaxConns  int      `mapstructure:"max_conns" yaml:"max_conns"`
-	Timeout   Duration `mapstructure:"timeout" yaml:"timeout"`
+	Listen    string `mapstructure:"listen" yaml:"listen"`
+	APIHeader string `mapstructure:"api_header" yaml:"api_header" secret:"header"`
+	RejectMsg string `mapstructure:"reject_msg" yaml:"reject_msg"`
+	// RejectMsgUser answers a refusal keyed by the user (jail key user).
+	RejectMsgUser string   `mapstructure:"reject_msg_user" yaml:"reject_msg_user"`
+	Tarpit        Tarpit   `mapstructure:"tarpit" yaml:"tarpit"`
+	MaxConns      int      `mapstructure:"max_conns" yaml:"max_conns"`
+	Timeout       Duration `mapstructure:"timeout" yaml:"timeout"`
 
 	// InsecureNoAuth: with APIHeader empty, require no API header at all
 	// (otherwise a key in state_dir is generated and required).

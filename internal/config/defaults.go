@@ -36,8 +36,9 @@ func Defaults() Config {
 			MaxConns:     policyd.DefaultMaxConns,
 		},
 		Dovecot: Dovecot{
-			Listen:    "127.0.0.1:10029",
-			RejectMsg: authhook.DefaultRejectMsg,
+			Listen:        "127.0.0.1:10029",
+			RejectMsg:     authhook.DefaultRejectMsg,
+			RejectMsgUser: authhook.DefaultRejectUserMsg,
 			Tarpit: Tarpit{Start: authhook.DefaultTarpit.Start, Base: Duration(authhook.DefaultTarpit.Base),
 				Max: Duration(authhook.DefaultTarpit.Max)},
 			MaxConns: authhook.DefaultMaxConns,

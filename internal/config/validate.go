@@ -137,6 +137,7 @@ func (c *Config) validate() Errors {
 	if c.Dovecot.InsecureNoAuth && strings.TrimSpace(c.Dovecot.APIHeader) != "" {
 		bad("dovecot.insecure_no_auth", "true contradicts dovecot.api_header being set: unset one of them")
 	}
+	oneLine("dovecot.reject_msg_user", c.Dovecot.RejectMsgUser)
 	if c.Dovecot.Tarpit.Max.D() > 8*time.Second {
 		bad("dovecot.tarpit.max", "%s is too long: Postfix waits about 10s for Dovecot SASL; keep it at 8s or less", c.Dovecot.Tarpit.Max)
 	}
