@@ -4,27 +4,40 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/base64"
+	"errors"
 	"fmt"
+	"go/build"
+	"math/big"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/mailguard/mailguard/authhook"
 )
 
 // fakeServer is a tiny IMAP, POP3 or SMTP server on 127.0.0.1:0 that fails
-// every login, from the refuseAt-th on with mailguard's refusal as Dovecot
-// words it, and stops listening after closeAfter logins (0: never).
+// every login, from the refuseAt-th on with mailguard's refusal (msg) as
+// Dovecot words it, and stops listening after closeAfter logins (0: never).
+// With tlsMode "starttls" it offers STARTTLS and refuses plaintext logins,
+// with "tls" it speaks TLS from the first byte.
 type fakeServer struct {
 	t          *testing.T
 	l          net.Listener
 	proto      string
 	refuseAt   int
 	closeAfter int
+	msg        string
+	tlsMode    string
+	noAuth     bool // SMTP: offer no AUTH
 
 	mu      sync.Mutex
 	logins  int
@@ -33,16 +46,52 @@ type fakeServer struct {
 	wg      sync.WaitGroup
 }
 
-func startFake(t *testing.T, proto string, refuseAt, closeAfter int) *fakeServer {
+func newFake(t *testing.T, proto string, refuseAt, closeAfter int) *fakeServer {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fakeServer{t: t, l: l, proto: proto, refuseAt: refuseAt, closeAfter: closeAfter}
-	f.wg.Add(1)
-	go f.accept()
+	f := &fakeServer{t: t, l: l, proto: proto, refuseAt: refuseAt, closeAfter: closeAfter, msg: DefaultRejectMsg}
 	t.Cleanup(func() { l.Close(); f.wg.Wait() })
 	return f
+}
+
+// start serves; set the fields before.
+func (f *fakeServer) start() *fakeServer {
+	f.wg.Add(1)
+	go f.accept()
+	return f
+}
+
+var (
+	certOnce sync.Once
+	testCert tls.Certificate
+)
+
+// serverTLS is a self-signed certificate for 127.0.0.1, made once.
+func serverTLS(t *testing.T) *tls.Config {
+	certOnce.Do(func() {
+		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tmpl := &x509.Certificate{
+			SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "mx.example.org"},
+			DNSNames: []string{"mx.example.org"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		testCert = tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	})
+	return &tls.Config{Certificates: []tls.Certificate{testCert}}
+}
+
+func startFake(t *testing.T, proto string, refuseAt, closeAfter int) *fakeServer {
+	return newFake(t, proto, refuseAt, closeAfter).start()
 }
 
 func (f *fakeServer) addr() string { return f.l.Addr().String() }
@@ -80,17 +129,51 @@ func (f *fakeServer) login(user, password string) (refused bool) {
 }
 
 func (f *fakeServer) serve(c net.Conn) {
+	if f.tlsMode == "tls" {
+		tc := tls.Server(c, serverTLS(f.t))
+		if tc.Handshake() != nil {
+			return
+		}
+		c = tc
+	}
 	r := bufio.NewReader(c)
 	say := func(s string) { fmt.Fprintf(c, "%s\r\n", s) }
 	read := func() string {
 		l, _ := r.ReadString('\n')
 		return strings.TrimRight(l, "\r\n")
 	}
-	msg := authhook.DefaultRejectMsg
+	// upgrade starts TLS after a STARTTLS the server accepted.
+	upgrade := func() bool {
+		tc := tls.Server(c, serverTLS(f.t))
+		if tc.Handshake() != nil {
+			return false
+		}
+		c = tc
+		r = bufio.NewReader(c)
+		return true
+	}
+	msg := f.msg
+	secure := f.tlsMode != "starttls"
 	switch f.proto {
 	case "imap":
-		say("* OK [CAPABILITY IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE LITERAL+ AUTH=PLAIN] Dovecot (Debian) ready.")
+		if secure {
+			say("* OK [CAPABILITY IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE LITERAL+ AUTH=PLAIN] Dovecot (Debian) ready.")
+		} else {
+			say("* OK [CAPABILITY IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE LITERAL+ STARTTLS LOGINDISABLED] Dovecot (Debian) ready.")
+		}
 		l := read()
+		if l == "a0 STARTTLS" {
+			say("a0 OK Begin TLS negotiation now.")
+			if !upgrade() {
+				return
+			}
+			secure = true
+			l = read()
+		}
+		if !secure {
+			say("a1 NO [PRIVACYREQUIRED] Plaintext authentication disallowed on non-secure (SSL/TLS) connections.")
+			return
+		}
 		var user, pass string
 		if _, err := fmt.Sscanf(l, "a1 LOGIN %q %q", &user, &pass); err != nil {
 			say("a1 BAD Error in IMAP command")
@@ -109,9 +192,22 @@ func (f *fakeServer) serve(c net.Conn) {
 		}
 	case "pop3":
 		say("+OK Dovecot (Debian) ready.")
-		user, ok := strings.CutPrefix(read(), "USER ")
+		l := read()
+		if l == "STLS" {
+			say("+OK Begin TLS negotiation now.")
+			if !upgrade() {
+				return
+			}
+			secure = true
+			l = read()
+		}
+		user, ok := strings.CutPrefix(l, "USER ")
 		if !ok {
 			say("-ERR Unknown command.")
+			return
+		}
+		if !secure {
+			say("-ERR [AUTH] Plaintext authentication disallowed on non-secure (SSL/TLS) connections.")
 			return
 		}
 		say("+OK")
@@ -126,14 +222,36 @@ func (f *fakeServer) serve(c net.Conn) {
 	case "smtp":
 		say("220-mx.example.org ESMTP Postfix (Debian/GNU)")
 		say("220 mx.example.org ESMTP")
-		if !strings.HasPrefix(read(), "EHLO ") {
+		ehlo := func() bool {
+			if !strings.HasPrefix(read(), "EHLO ") {
+				return false
+			}
+			say("250-mx.example.org")
+			say("250-PIPELINING")
+			if !secure {
+				say("250-STARTTLS")
+			} else if !f.noAuth {
+				say("250-AUTH PLAIN LOGIN")
+			}
+			say("250 8BITMIME")
+			return true
+		}
+		if !ehlo() {
 			return
 		}
-		say("250-mx.example.org")
-		say("250-PIPELINING")
-		say("250-AUTH PLAIN LOGIN")
-		say("250 8BITMIME")
-		ir, ok := strings.CutPrefix(read(), "AUTH PLAIN ")
+		l := read()
+		if l == "STARTTLS" {
+			say("220 2.0.0 Ready to start TLS")
+			if !upgrade() {
+				return
+			}
+			secure = true
+			if !ehlo() {
+				return
+			}
+			l = read()
+		}
+		ir, ok := strings.CutPrefix(l, "AUTH PLAIN ")
 		b, err := base64.StdEncoding.DecodeString(ir)
 		parts := strings.Split(string(b), "\x00")
 		if !ok || err != nil || len(parts) != 3 {
@@ -143,7 +261,7 @@ func (f *fakeServer) serve(c net.Conn) {
 		if f.login(parts[1], parts[2]) {
 			say("535 5.7.8 Error: authentication failed: " + msg)
 		} else {
-			say("535 5.7.8 Error: authentication failed: authentication failure")
+			say("535 5.7.8 Error: authentication failed: ")
 		}
 		if read() == "QUIT" {
 			say("221 2.0.0 Bye")
@@ -274,17 +392,155 @@ func TestOptions(t *testing.T) {
 }
 
 func TestClassify(t *testing.T) {
-	o := Options{RejectMsg: "Go away"}
-	for answer, want := range map[string]Verdict{
-		"a1 NO [AUTHENTICATIONFAILED] Authentication failed.":         Failed,
-		"a1 NO [ALERT] Temporary authentication failure":              Refused,
-		"-ERR [AUTH] go away":                                         Refused,
-		"-ERR [AUTH] Authentication failed.":                          Failed,
-		"535 5.7.8 Error: authentication failed: Go away":             Refused,
-		"535 5.7.8 Error: authentication failed: authentication fail": Failed,
-	} {
-		if got := o.classify(answer); got != want {
-			t.Errorf("classify(%q) = %s, want %s", answer, got, want)
+	tests := []struct {
+		proto, answer string
+		want          Verdict
+	}{
+		{"imap", "a1 NO [AUTHENTICATIONFAILED] Authentication failed.", Failed},
+		{"imap", "a1 NO [ALERT] Temporary authentication failure", Refused},
+		{"imap", "a1 NO [ALERT] Anything the admin wrote", Refused},
+		{"imap", "a1 NO [UNAVAILABLE] Temporary authentication failure. [mx:2026-11-29 08:00:00]", TempFailed},
+		{"imap", "a1 NO " + strings.ToUpper(DefaultRejectUserMsg), Refused},
+		{"pop3", "-ERR [AUTH] " + DefaultRejectMsg, Refused},
+		{"pop3", "-ERR [AUTH] go away", Refused}, // a changed reject_msg: not Dovecot's generic text
+		{"pop3", "-ERR [AUTH] Authentication failed.", Failed},
+		{"pop3", "-ERR [SYS/TEMP] Temporary authentication failure.", TempFailed},
+		{"smtp", "535 5.7.8 Error: authentication failed: " + DefaultRejectMsg, Refused},
+		{"smtp", "535 5.7.8 Error: authentication failed: Go away", Refused},
+		{"smtp", "535 5.7.8 Error: authentication failed: ", Failed},
+		{"smtp", "535 5.7.8 Error: authentication failed: authentication failure", Failed},
+		{"smtp", "535 5.7.8 Error: authentication failed: UGFzc3dvcmQ6", Failed},
+		{"smtp", "454 4.7.0 Temporary authentication failure: Connection lost to authentication server", TempFailed},
+	}
+	for _, tt := range tests {
+		o := Options{Protocol: tt.proto, RejectMsg: "Go away", RejectUserMsg: DefaultRejectUserMsg}
+		if got := o.classify(tt.answer); got != tt.want {
+			t.Errorf("%s: classify(%q) = %s, want %s", tt.proto, tt.answer, got, tt.want)
+		}
+	}
+}
+
+// A daemon whose reject_msg differs from simulate's --reject-msg is still
+// recognised by the shape of its answers (the bug of issue 9.2).
+func TestRunChangedRejectMsg(t *testing.T) {
+	for _, proto := range []string{"imap", "pop3", "smtp"} {
+		t.Run(proto, func(t *testing.T) {
+			f := newFake(t, proto, 2, 0)
+			f.msg = "Too many failed logins, try again later"
+			f.start()
+			var out bytes.Buffer
+			res, err := Run(context.Background(), Options{Target: f.addr(), Protocol: proto, User: "bob", Attempts: 3, Out: &out})
+			if err != nil || res.RefusedAt != 2 {
+				t.Errorf("Run = refused at %d, %v; want 2, nil\n%s", res.RefusedAt, err, &out)
+			}
+		})
+	}
+}
+
+// --starttls and --tls against servers that want TLS, with a certificate
+// made by the test: --insecure accepts it, without it the run stops at once
+// with a hint, and so does a plaintext run.
+func TestRunTLS(t *testing.T) {
+	for _, proto := range []string{"imap", "pop3", "smtp"} {
+		for _, mode := range []string{"starttls", "tls"} {
+			t.Run(proto+"/"+mode, func(t *testing.T) {
+				f := newFake(t, proto, 3, 0)
+				f.tlsMode = mode
+				f.start()
+				o := Options{Target: f.addr(), Protocol: proto, User: "bob", Password: "wrong", Attempts: 4,
+					StartTLS: mode == "starttls", TLS: mode == "tls", Insecure: true}
+				var out bytes.Buffer
+				o.Out = &out
+				res, err := Run(context.Background(), o)
+				if err != nil || res.RefusedAt != 3 {
+					t.Fatalf("Run with --%s --insecure = refused at %d, %v; want 3, nil\n%s", mode, res.RefusedAt, err, &out)
+				}
+				if !strings.Contains(out.String(), "with STARTTLS") && !strings.Contains(out.String(), "over TLS") {
+					t.Errorf("the report does not say TLS was used:\n%s", &out)
+				}
+
+				// The certificate is self-signed: verification fails.
+				o.Insecure, out = false, bytes.Buffer{}
+				res, err = Run(context.Background(), o)
+				var se *SetupError
+				if !errors.As(err, &se) || len(res.Attempts) != 1 || !strings.Contains(se.Hint, "--insecure") {
+					t.Errorf("Run with an untrusted certificate = %d attempts, %v; want a setup error after one, hinting --insecure\n%s", len(res.Attempts), err, &out)
+				}
+				if strings.Contains(out.String(), "never refused") {
+					t.Errorf("a setup error reported as \"never refused\":\n%s", &out)
+				}
+			})
+		}
+		t.Run(proto+"/plaintext refused", func(t *testing.T) {
+			f := newFake(t, proto, 0, 0)
+			f.tlsMode = "starttls"
+			f.start()
+			var out bytes.Buffer
+			res, err := Run(context.Background(), Options{Target: f.addr(), Protocol: proto, User: "bob", Attempts: 5, Out: &out})
+			var se *SetupError
+			if !errors.As(err, &se) || len(res.Attempts) != 1 || !strings.Contains(se.Hint, "--starttls") {
+				t.Errorf("plaintext against a TLS-only server = %d attempts, %v; want a setup error after one, hinting --starttls\n%s", len(res.Attempts), err, &out)
+			}
+			if strings.Contains(out.String(), "never refused") {
+				t.Errorf("a setup error reported as \"never refused\":\n%s", &out)
+			}
+		})
+	}
+}
+
+func TestRunNoAuthOffered(t *testing.T) {
+	f := newFake(t, "smtp", 0, 0)
+	f.noAuth = true
+	f.start()
+	_, err := Run(context.Background(), Options{Target: f.addr(), Protocol: "smtp", User: "bob", Attempts: 3})
+	var se *SetupError
+	if !errors.As(err, &se) || !strings.Contains(se.Problem, "no AUTH PLAIN") || !strings.Contains(se.Hint, "submission") {
+		t.Errorf("Run against a server without AUTH = %v; want a setup error with a hint", err)
+	}
+}
+
+// timeoutDial makes connections from the source time out, as a firewall
+// drop does, and lets others through.
+func timeoutDial(ctx context.Context, source netip.Addr, target netip.AddrPort) (net.Conn, error) {
+	if source.IsValid() {
+		return nil, &net.OpError{Op: "dial", Net: "tcp", Err: os.ErrDeadlineExceeded}
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, "tcp", target.String())
+}
+
+// A source dropped by the firewall from an earlier run is reported as
+// likely banned, not as a server that is not running.
+func TestRunAlreadyBanned(t *testing.T) {
+	f := startFake(t, "imap", 0, 0)
+	var out bytes.Buffer
+	res, err := Run(context.Background(), Options{Target: f.addr(), Protocol: "imap", User: "bob", Attempts: 3,
+		Source: netip.MustParseAddr("127.0.0.2"), Out: &out, dial: timeoutDial})
+	if err != nil || !res.Banned || res.RefusedAt != 1 || len(res.Attempts) != 1 {
+		t.Fatalf("Run = %+v, %v; want banned at attempt 1\n%s", res, err, &out)
+	}
+	if !strings.Contains(out.String(), "127.0.0.2 is likely banned") || strings.Contains(out.String(), "is the server running") {
+		t.Errorf("report:\n%s", &out)
+	}
+	// Without a source to compare with, it cannot tell.
+	res, err = Run(context.Background(), Options{Target: f.addr(), Protocol: "imap", User: "bob", Attempts: 3,
+		dial: func(context.Context, netip.Addr, netip.AddrPort) (net.Conn, error) {
+			return nil, &net.OpError{Op: "dial", Net: "tcp", Err: os.ErrDeadlineExceeded}
+		}})
+	if err == nil || res.Banned {
+		t.Errorf("Run with every dial timing out = %+v, %v; want an error", res, err)
+	}
+}
+
+// simulate is a client: it must not depend on the daemon's packages.
+func TestImportsNoServerPackage(t *testing.T) {
+	p, err := build.ImportDir(".", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, imp := range p.Imports {
+		if strings.HasPrefix(imp, "github.com/mailguard/mailguard/") {
+			t.Errorf("simulate imports %s", imp)
 		}
 	}
 }
