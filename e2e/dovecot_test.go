@@ -2,8 +2,16 @@ package e2e
 
 import (
 	"bufio"
-	"encoding/base64"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"fmt"
+	"io/fs"
+	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -15,14 +23,29 @@ import (
 	"github.com/mailguard/mailguard/internal/testenv"
 )
 
-// Dovecot is a private Dovecot instance (own base_dir and config) with IMAP
-// and POP3 on free loopback ports, a passwd-file user, and mailguard as its
-// auth policy server.
+// Dovecot is a private Dovecot instance: Debian's /etc/dovecot as installed
+// by the packages, copied into a temp dir, plus contrib/dovecot verbatim
+// (REPLACE_ placeholders filled in, the policy port and the SASL socket path
+// changed), plus a local.conf (Debian's dovecot.conf includes it last) with
+// only what a private instance needs: its directories, loopback ports and a
+// passwd-file with the test users. Nothing a real install has on is switched
+// off: plaintext logins are refused (ssl = yes with Debian's snakeoil
+// certificate), auth_failure_delay is 2s, and Dovecot's auth penalty is
+// whatever contrib says.
 type Dovecot struct {
-	IMAP, POP3 string
-	AuthSocket string // auth-client socket for Postfix SASL
-	Log        string
-	conf       string
+	IMAP, IMAPS, POP3, POP3S string
+	Log                      string
+	conf                     string
+}
+
+// DovecotOptions change the instance.
+type DovecotOptions struct {
+	// SASLSocket installs contrib/dovecot/95-postfix-sasl.conf with its
+	// listener at this path (Postfix's <queue_directory>/private/auth).
+	SASLSocket string
+	// SSLRequired sets ssl = required with a self-signed certificate made
+	// by the test, instead of Debian's ssl = yes with its snakeoil one.
+	SSLRequired bool
 }
 
 const (
@@ -31,42 +54,67 @@ const (
 	testAPIKey   = "Authorization: Bearer e2e-secret"
 )
 
-// StartDovecot runs Dovecot with its auth policy pointed at policyURL.
-func StartDovecot(t *testing.T, policyURL string) *Dovecot {
+// testUsers have testPassword; simulate's users are unknown to Dovecot
+// (a failure as good as a wrong password).
+var testUsers = []string{testUser, "frank@example.org"}
+
+// StartDovecot runs Dovecot with its auth policy pointed at policyURL
+// ("http://127.0.0.1:PORT/").
+func StartDovecot(t *testing.T, policyURL string, opt DovecotOptions) *Dovecot {
 	t.Helper()
 	testenv.Root(t)
 	bin := testenv.Command(t, "dovecot")
 	doveadm := testenv.Command(t, "doveadm")
+	if _, err := os.Stat("/etc/dovecot/dovecot.conf"); err != nil {
+		testenv.Missing(t, "dovecot is installed without /etc/dovecot/dovecot.conf")
+	}
 	dir, err := os.MkdirTemp("/tmp", "mgdovecot")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	os.Chmod(dir, 0o755)
+	etc := filepath.Join(dir, "etc")
+	if out, err := exec.Command("cp", "-a", "/etc/dovecot", etc).CombinedOutput(); err != nil {
+		t.Fatalf("copying /etc/dovecot: %v\n%s", err, out)
+	}
+	d := &Dovecot{
+		IMAP: fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)), IMAPS: fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
+		POP3: fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)), POP3S: fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
+		Log: filepath.Join(dir, "dovecot.log"), conf: filepath.Join(etc, "dovecot.conf"),
+	}
+
+	// Test users instead of the system's (PAM): the one passdb change.
+	editFile(t, filepath.Join(etc, "conf.d", "10-auth.conf"), "\n!include auth-system.conf.ext", "\n#!include auth-system.conf.ext")
 	hash, err := exec.Command(doveadm, "pw", "-s", "SHA512-CRYPT", "-p", testPassword).Output()
 	if err != nil {
 		t.Fatalf("doveadm pw: %v", err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, "passwd"), []byte(testUser+":"+strings.TrimSpace(string(hash))+"::::::\n"), 0o644); err != nil {
-		t.Fatal(err)
+	var passwd strings.Builder
+	for _, u := range testUsers {
+		fmt.Fprintf(&passwd, "%s:%s::::::\n", u, strings.TrimSpace(string(hash)))
 	}
-	d := &Dovecot{
-		IMAP: fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
-		POP3: fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
-		Log:  filepath.Join(dir, "dovecot.log"), conf: filepath.Join(dir, "dovecot.conf"),
-		AuthSocket: filepath.Join(dir, "run", "auth-client"),
+	writeFile(t, filepath.Join(dir, "passwd"), passwd.String())
+
+	// contrib, verbatim but for its placeholders, the port and the socket path.
+	_, bearer, _ := strings.Cut(testAPIKey, "Bearer ")
+	conf := contribFile(t, "dovecot/95-mailguard.conf",
+		"REPLACE_WITH_THE_KEY_IN_MAILGUARD_DOVECOT_API_HEADER", bearer,
+		"REPLACE_WITH_OUTPUT_OF_openssl_rand_-hex_32", "e2e-nonce",
+		"http://127.0.0.1:10029/", policyURL)
+	writeFile(t, filepath.Join(etc, "conf.d", "95-mailguard.conf"), conf)
+	if opt.SASLSocket != "" {
+		writeFile(t, filepath.Join(etc, "conf.d", "95-postfix-sasl.conf"),
+			contribFile(t, "dovecot/95-postfix-sasl.conf", "/var/spool/postfix/private/auth", opt.SASLSocket))
 	}
-	_, imapPort, _ := net.SplitHostPort(d.IMAP)
-	_, pop3Port, _ := net.SplitHostPort(d.POP3)
-	conf := fmt.Sprintf(`base_dir = %[1]s/run
+
+	port := func(addr string) string { _, p, _ := net.SplitHostPort(addr); return p }
+	local := fmt.Sprintf(`# What a private instance needs (Debian's dovecot.conf includes local.conf last).
+base_dir = %[1]s/run
+instance_name = %[2]s
 log_path = %[1]s/dovecot.log
-instance_name = %[5]s
-ssl = no
-disable_plaintext_auth = no
-protocols = imap pop3
 listen = 127.0.0.1
-auth_mechanisms = plain login
-auth_failure_delay = 0
+mail_location = maildir:~/Maildir
 passdb {
   driver = passwd-file
   args = scheme=SHA512-CRYPT %[1]s/passwd
@@ -77,40 +125,27 @@ userdb {
 }
 service imap-login {
   inet_listener imap {
-    port = %[2]s
+    port = %[3]s
   }
   inet_listener imaps {
-    port = 0
+    port = %[4]s
   }
 }
 service pop3-login {
   inet_listener pop3 {
-    port = %[3]s
+    port = %[5]s
   }
   inet_listener pop3s {
-    port = 0
+    port = %[6]s
   }
 }
-service auth {
-  unix_listener auth-client {
-    mode = 0666
-  }
-}
-# No anvil auth penalty (it delays repeated failures from one address by up
-# to 15s): mailguard's tarpit is what is under test.
-service anvil {
-  unix_listener anvil-auth-penalty {
-    mode = 0
-  }
-}
-auth_policy_server_url = %[4]s
-auth_policy_hash_nonce = e2e-nonce
-auth_policy_server_api_header = %[6]s
-auth_policy_request_attributes = login=%%{requested_username} pwhash=%%{hashed_password} remote=%%{rip} device_id=%%{client_id} protocol=%%s session_id=%%{session}
-`, dir, imapPort, pop3Port, policyURL, filepath.Base(dir), testAPIKey)
-	if err := os.WriteFile(d.conf, []byte(conf), 0o644); err != nil {
-		t.Fatal(err)
+`, dir, filepath.Base(dir), port(d.IMAP), port(d.IMAPS), port(d.POP3), port(d.POP3S))
+	if opt.SSLRequired {
+		certFile, keyFile := selfSignedCert(t, dir)
+		local += fmt.Sprintf("ssl = required\nssl_cert = <%s\nssl_key = <%s\n", certFile, keyFile)
 	}
+	writeFile(t, filepath.Join(etc, "local.conf"), local)
+
 	// Dovecot daemonizes and its children keep stdout: collect the start
 	// output in a file, not a pipe that would never close.
 	outFile, err := os.Create(filepath.Join(dir, "start.out"))
@@ -136,7 +171,7 @@ auth_policy_request_attributes = login=%%{requested_username} pwhash=%%{hashed_p
 	for time.Now().Before(deadline) {
 		if c, err := net.Dial("tcp", d.IMAP); err == nil {
 			c.Close()
-			if _, err := os.Stat(d.AuthSocket); err == nil {
+			if _, err := os.Stat(opt.SASLSocket); opt.SASLSocket == "" || err == nil {
 				return d
 			}
 		}
@@ -147,7 +182,75 @@ auth_policy_request_attributes = login=%%{requested_username} pwhash=%%{hashed_p
 	return nil
 }
 
-// imapLogin logs in from src with LOGIN and returns the tagged reply.
+// contribFile reads ../contrib/NAME and makes the replacements (old, new
+// pairs), each of which must apply: contrib is used as shipped.
+func contribFile(t *testing.T, name string, oldNew ...string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("..", "contrib", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(b)
+	for i := 0; i+1 < len(oldNew); i += 2 {
+		if !strings.Contains(s, oldNew[i]) {
+			t.Fatalf("contrib/%s has no %q to replace", name, oldNew[i])
+		}
+		s = strings.ReplaceAll(s, oldNew[i], oldNew[i+1])
+	}
+	return s
+}
+
+// editFile replaces old by new in a copied stock file; old must be there.
+func editFile(t *testing.T, file, old, new string) {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), old) {
+		t.Fatalf("%s (as installed) has no %q: the stock config changed", file, old)
+	}
+	writeFile(t, file, strings.Replace(string(b), old, new, 1))
+}
+
+func writeFile(t *testing.T, file, content string) {
+	t.Helper()
+	if err := os.WriteFile(file, []byte(content), fs.FileMode(0o644)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// selfSignedCert writes a certificate for 127.0.0.1 and its key into dir.
+func selfSignedCert(t *testing.T, dir string) (certFile, keyFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: "mx.example.org"},
+		DNSNames: []string{"mx.example.org"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	writeFile(t, certFile, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})))
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kb}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return certFile, keyFile
+}
+
+// imapLogin logs in from src with STARTTLS and LOGIN (stock Dovecot refuses
+// plaintext logins) and returns the tagged reply.
 func imapLogin(t *testing.T, addr, src, user, pass string) string {
 	t.Helper()
 	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
@@ -161,24 +264,21 @@ func imapLogin(t *testing.T, addr, src, user, pass string) string {
 	if l, _ := rd.ReadString('\n'); !strings.HasPrefix(l, "* OK") {
 		t.Fatalf("imap greeting %q", l)
 	}
-	fmt.Fprintf(c, "a1 LOGIN %q %q\r\n", user, pass)
+	fmt.Fprintf(c, "a0 STARTTLS\r\n")
+	if l, _ := rd.ReadString('\n'); !strings.HasPrefix(l, "a0 OK") {
+		t.Fatalf("imap STARTTLS: %q", l)
+	}
+	tc := tls.Client(c, &tls.Config{InsecureSkipVerify: true}) // Debian's snakeoil certificate
+	rd = bufio.NewReader(tc)
+	fmt.Fprintf(tc, "a1 LOGIN %q %q\r\n", user, pass)
 	for {
 		l, err := rd.ReadString('\n')
 		if err != nil {
 			return strings.TrimSpace(l)
 		}
 		if strings.HasPrefix(l, "a1 ") {
-			fmt.Fprintf(c, "a2 LOGOUT\r\n")
+			fmt.Fprintf(tc, "a2 LOGOUT\r\n")
 			return strings.TrimSpace(l)
 		}
 	}
-}
-
-func smtpAuthPlain(t *testing.T, addr, src, user, pass string) string {
-	t.Helper()
-	s := DialSMTP(t, addr, src)
-	s.Cmd(t, "EHLO client.example.net")
-	r := s.Cmd(t, "AUTH PLAIN "+base64.StdEncoding.EncodeToString([]byte("\x00"+user+"\x00"+pass)))
-	s.Cmd(t, "QUIT")
-	return r
 }

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"os"
@@ -9,42 +10,51 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/mailguard/mailguard/internal/config"
 	"github.com/mailguard/mailguard/internal/testenv"
 )
 
-// Postfix is a private Postfix instance (own config_directory, queue and
-// data directories) with a non-chroot smtpd on a free loopback port.
+// Postfix is a private Postfix instance, configured as Debian 12's postinst
+// configures an "Internet Site" (main.cf.debian, main.cf.tls, the relay
+// restrictions and site names it sets) plus contrib/postfix verbatim (the
+// policy port changed), plus what a private instance needs: its own
+// config, queue and data directories, loopback ports, non-chrooted smtpd
+// services (Debian's init script, not `postfix start`, copies the files a
+// chroot needs) and maillog_file.
 type Postfix struct {
-	Addr string // smtpd listen address
-	Conf string // config_directory
-	Log  string // maillog_file
+	Addr       string // smtp (port 25's service)
+	Submission string // submission (587's): STARTTLS, AUTH, contrib's restrictions
+	Conf       string // config_directory
+	Log        string // maillog_file
+	Queue      string // queue_directory
 }
 
 // StartPostfix runs a Postfix whose smtpd asks policy (host:port or
-// unix:/path) at RCPT time. mainExtra is appended to main.cf.
-func StartPostfix(t *testing.T, policy, mainExtra string) *Postfix {
+// unix:/path). With Dovecot SASL, its auth socket must be at
+// <Queue>/private/auth: pass PostfixSASLSocket(dir) to StartDovecot first.
+func StartPostfix(t *testing.T, policy string) *Postfix {
 	t.Helper()
 	testenv.Root(t)
 	postfix := testenv.Command(t, "postfix")
-	if _, err := os.Stat("/etc/postfix/master.cf"); err != nil {
-		testenv.Missing(t, "postfix is installed without /etc/postfix/master.cf")
+	for _, f := range []string{"/etc/postfix/master.cf", "/usr/share/postfix/main.cf.debian"} {
+		if _, err := os.Stat(f); err != nil {
+			testenv.Missing(t, "postfix is installed without "+f)
+		}
 	}
-	// Postfix's daemons run as user postfix: the tree must be traversable.
-	dir, err := os.MkdirTemp("/tmp", "mgpostfix")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	os.Chmod(dir, 0o755)
+	dir := postfixDir(t)
 	p := &Postfix{
-		Addr: fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
-		Conf: filepath.Join(dir, "conf"),
-		Log:  "/var/tmp/" + filepath.Base(dir) + ".maillog", // maillog_file must be under /var
+		Addr:       fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
+		Submission: fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
+		Conf:       filepath.Join(dir, "conf"),
+		Log:        "/var/tmp/" + filepath.Base(dir) + ".maillog", // maillog_file must be under /var
+		Queue:      filepath.Join(dir, "queue"),
 	}
-	for _, d := range []string{"conf", "queue", "data"} {
+	t.Cleanup(func() { os.Remove(p.Log) })
+	for _, d := range []string{"conf", "data", "queue"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -52,40 +62,73 @@ func StartPostfix(t *testing.T, policy, mainExtra string) *Postfix {
 	if out, err := exec.Command("chown", "postfix", filepath.Join(dir, "data")).CombinedOutput(); err != nil {
 		t.Fatalf("chown: %v %s", err, out)
 	}
+	if dyn, err := os.ReadFile("/etc/postfix/dynamicmaps.cf"); err == nil {
+		os.WriteFile(filepath.Join(p.Conf, "dynamicmaps.cf"), dyn, 0o644)
+	}
+
+	policyService := "inet:" + policy
+	if strings.HasPrefix(policy, "unix:") {
+		policyService = policy
+	}
+	const contribPolicy = "inet:127.0.0.1:10028"
+
+	// master.cf: Debian's, smtp moved to a loopback port, contrib's
+	// submission entries appended on another.
 	master, err := os.ReadFile("/etc/postfix/master.cf")
 	if err != nil {
 		t.Fatal(err)
 	}
 	smtpLine := regexp.MustCompile(`(?m)^smtp\s+inet\s.*$`)
-	master = smtpLine.ReplaceAll(master, []byte(p.Addr+" inet n - n - - smtpd"))
-	if dyn, err := os.ReadFile("/etc/postfix/dynamicmaps.cf"); err == nil {
-		os.WriteFile(filepath.Join(p.Conf, "dynamicmaps.cf"), dyn, 0o644)
+	if !smtpLine.Match(master) {
+		t.Fatal("/etc/postfix/master.cf (as installed) has no smtp inet service")
 	}
-	if err := os.WriteFile(filepath.Join(p.Conf, "master.cf"), master, 0o644); err != nil {
+	master = smtpLine.ReplaceAll(master, []byte(p.Addr+" inet n - n - - smtpd"))
+	sub := contribFile(t, "postfix/master.cf", contribPolicy, policyService,
+		"submission inet n       -       y       -       -       smtpd", p.Submission+" inet n - n - - smtpd",
+		"submissions inet n       -       y       -       -       smtpd", "#submissions inet n - y - - smtpd")
+	// One submission service is enough here; the submissions entry stays
+	// in the file, commented out like in Debian's.
+	sub = regexp.MustCompile(`(?m)^(#submissions .*\n)((?:  -o .*\n)+)`).ReplaceAllStringFunc(sub, func(block string) string {
+		return regexp.MustCompile(`(?m)^  -o`).ReplaceAllString(block, "#  -o")
+	})
+	writeFile(t, filepath.Join(p.Conf, "master.cf"), string(master)+"\n"+sub)
+
+	// main.cf: what Debian's postinst writes for an Internet Site.
+	debian, err := os.ReadFile("/usr/share/postfix/main.cf.debian")
+	if err != nil {
 		t.Fatal(err)
 	}
-	policyService := "inet:" + policy
-	if strings.HasPrefix(policy, "unix:") {
-		policyService = policy
+	main := string(debian)
+	if tlsConf, err := os.ReadFile("/usr/share/postfix/main.cf.tls"); err == nil {
+		if _, err := os.Stat("/etc/ssl/private/ssl-cert-snakeoil.key"); err == nil {
+			main += string(tlsConf)
+		}
 	}
-	main := fmt.Sprintf(`compatibility_level = 3.6
-queue_directory = %s/queue
-data_directory = %s/data
+	main += fmt.Sprintf(`smtpd_relay_restrictions = permit_mynetworks permit_sasl_authenticated defer_unauth_destination
 myhostname = mx.example.org
-mydestination = example.org
-local_recipient_maps =
+alias_maps = hash:/etc/aliases
+alias_database = hash:/etc/aliases
+mydestination = $myhostname, mx.example.org, localhost.example.org, localhost
+relayhost =
+mynetworks = 127.0.0.0/8 [::ffff:127.0.0.0]/104 [::1]/128
+mailbox_size_limit = 0
+recipient_delimiter = +
+
+# What a private instance needs (and inet_interfaces and inet_protocols,
+# which an Internet Site sets to all).
+queue_directory = %s
+data_directory = %s/data
+maillog_file = %s
 inet_interfaces = loopback-only
 inet_protocols = ipv4
-maillog_file = %s
-mynetworks =
-smtpd_recipient_restrictions =
-    check_policy_service { %s, default_action=DUNNO }
-    permit_sasl_authenticated
-    reject_unauth_destination
-%s
-`, dir, dir, p.Log, policyService, mainExtra)
-	if err := os.WriteFile(filepath.Join(p.Conf, "main.cf"), []byte(main), 0o644); err != nil {
-		t.Fatal(err)
+
+`, p.Queue, dir, p.Log)
+	main += contribFile(t, "postfix/main.cf", contribPolicy, policyService)
+	writeFile(t, filepath.Join(p.Conf, "main.cf"), main)
+
+	if out, err := exec.Command(postfix, "-c", p.Conf, "check").CombinedOutput(); err != nil || len(out) > 0 {
+		b, _ := os.ReadFile(p.Log)
+		t.Fatalf("postfix check: %v\n%s\nmaillog:\n%s", err, out, b)
 	}
 	if out, err := exec.Command(postfix, "-c", p.Conf, "start").CombinedOutput(); err != nil {
 		t.Fatalf("postfix start: %v\n%s", err, out)
@@ -96,19 +139,61 @@ smtpd_recipient_restrictions =
 			b, _ := os.ReadFile(p.Log)
 			t.Logf("postfix maillog:\n%s", b)
 		}
-		os.Remove(p.Log)
 	})
 	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
-		if c, err := net.Dial("tcp", p.Addr); err == nil {
-			c.Close()
-			return p
+	for _, addr := range []string{p.Addr, p.Submission} {
+		for {
+			c, err := net.Dial("tcp", addr)
+			if err == nil {
+				c.Close()
+				break
+			}
+			if time.Now().After(deadline) {
+				b, _ := os.ReadFile(p.Log)
+				t.Fatalf("postfix did not listen on %s; maillog:\n%s", addr, b)
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
-		time.Sleep(50 * time.Millisecond)
 	}
-	b, _ := os.ReadFile(p.Log)
-	t.Fatalf("postfix did not listen on %s; maillog:\n%s", p.Addr, b)
-	return nil
+	return p
+}
+
+// postfixDir is the test's Postfix directory (its daemons run as user
+// postfix: the tree must be traversable), made once per test.
+func postfixDir(t *testing.T) string {
+	t.Helper()
+	if d, ok := postfixDirs.Load(t); ok {
+		return d.(string)
+	}
+	dir, err := os.MkdirTemp("/tmp", "mgpostfix")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(dir, 0o755)
+	t.Cleanup(func() { os.RemoveAll(dir); postfixDirs.Delete(t) })
+	postfixDirs.Store(t, dir)
+	return dir
+}
+
+var postfixDirs sync.Map // *testing.T → dir
+
+// PostfixSASLSocket is where this test's Postfix (StartPostfix) finds
+// Dovecot's auth socket: <queue_directory>/private/auth, as smtpd_sasl_path
+// = private/auth in contrib/postfix/main.cf says. It makes the directory.
+func PostfixSASLSocket(t *testing.T) string {
+	t.Helper()
+	private := filepath.Join(postfixDir(t), "queue", "private")
+	if err := os.MkdirAll(filepath.Dir(private), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(private, 0o700); err != nil && !os.IsExist(err) {
+		t.Fatal(err)
+	}
+	// As Postfix makes it: owned by postfix, mode 0700.
+	if out, err := exec.Command("chown", "postfix", private).CombinedOutput(); err != nil {
+		t.Fatalf("chown: %v %s", err, out)
+	}
+	return filepath.Join(private, "auth")
 }
 
 // SMTP is a minimal SMTP client session from a chosen source address.
@@ -157,6 +242,20 @@ func (s *SMTP) reply(t *testing.T) string {
 	}
 }
 
+// StartTLS upgrades the session after EHLO (Debian's snakeoil certificate:
+// not verified) and says EHLO again.
+func (s *SMTP) StartTLS(t *testing.T) {
+	t.Helper()
+	if r := s.Cmd(t, "STARTTLS"); !strings.HasPrefix(r, "220") {
+		t.Fatalf("STARTTLS: %q", r)
+	}
+	tc := tls.Client(s.c, &tls.Config{InsecureSkipVerify: true})
+	s.c, s.rd = tc, bufio.NewReader(tc)
+	if r := s.Cmd(t, "EHLO client.example.net"); !strings.HasPrefix(r, "250") {
+		t.Fatalf("EHLO after STARTTLS: %q", r)
+	}
+}
+
 // Closed reports whether the server has closed the connection.
 func (s *SMTP) Closed() bool {
 	s.c.SetReadDeadline(time.Now().Add(3 * time.Second))
@@ -184,7 +283,7 @@ func rcpt(t *testing.T, addr, src string) (string, bool) {
 func TestPostfixRefusesBannedClient(t *testing.T) {
 	d := NewDaemon(t)
 	d.Start()
-	pf := StartPostfix(t, d.Postfix, "")
+	pf := StartPostfix(t, d.Postfix)
 
 	// The test daemon ignores 127.0.0.1 only: 127.0.0.2 and .3 are clients.
 	const banned, other, ignored = "127.0.0.2", "127.0.0.3", "127.0.0.1"
@@ -200,6 +299,10 @@ func TestPostfixRefusesBannedClient(t *testing.T) {
 	r, closed := rcpt(t, pf.Addr, banned)
 	if !strings.HasPrefix(r, "421 4.7.1") || !closed {
 		t.Fatalf("after ban, RCPT from %s = %q (closed %v), want 421 4.7.1 and a disconnect", banned, r, closed)
+	}
+	// The wording README promises: the service is in smtpd_recipient_restrictions.
+	if want := "Recipient address rejected: " + config.Defaults().Postfix.RejectAction[len("421 4.7.1 "):]; !strings.Contains(r, want) {
+		t.Errorf("after ban, RCPT from %s = %q, want it to contain %q", banned, r, want)
 	}
 	if r, _ := rcpt(t, pf.Addr, other); !strings.HasPrefix(r, "250") {
 		t.Fatalf("after ban, RCPT from %s = %q, want 250", other, r)
