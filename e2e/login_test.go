@@ -68,6 +68,17 @@ func TestDovecotIMAP(t *testing.T) {
 		if !strings.HasPrefix(r, "a1 NO") {
 			t.Fatalf("guess %d = %q", i, r)
 		}
+		if i == 1 {
+			// Three distinct wrong passwords against her account from
+			// elsewhere ("wrong" above and two guesses): the user
+			// herself, with the right password from a new network, waits
+			// at most dovecot's 1s user tarpit (README, Delays).
+			start := time.Now()
+			if r := imapLogin(t, dv.IMAP, "127.0.0.30", testUser, testPassword); !strings.HasPrefix(r, "a1 OK") {
+				t.Fatalf("right password from a new network during the guessing = %q, want OK", r)
+			}
+			t.Logf("right password from a new network after 3 failures against the user: %.1fs", time.Since(start).Seconds())
+		}
 	}
 	wantUser := "a1 NO [ALERT] " + rejectUserMsg
 	if r := imapLogin(t, dv.IMAP, "127.0.0.20", testUser, testPassword); r != wantUser {
