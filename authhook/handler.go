@@ -28,8 +28,8 @@ var replyOK = []byte(`{"status":0,"msg":""}` + "\n")
 //   - allow: {"status":-1,"msg":RejectMsg} when the guard refuses the client
 //     (RejectUserMsg when the refusal is about the user's account); in the
 //     before-auth allow, {"status":N} to delay N seconds per Tarpit (aware
-//     of the protocol); else {"status":0}. The after-auth allow (the second allow of a
-//     login attempt, see sessions) never delays but does refuse.
+//     of the protocol); else {"status":0}. The after-auth allow (the second
+//     allow of a login attempt, see sessions) never delays but does refuse.
 //   - report: success counts a success, a failure that is not ours
 //     (policy_reject) counts a failure; the answer is {"status":0,"msg":""}.
 //   - When the guard errs or takes longer than Timeout, allow answers
