@@ -211,6 +211,9 @@ func (g *Guard) knownKey(a netip.Addr, user string) string {
 type Verdict struct {
 	// Refused: a ban refuses the client or the user logging in from it.
 	Refused bool
+	// Banned names the subject of a ban that refuses ("net:192.0.2.7/32",
+	// "user:alice@example.org"), an address ban's when there is one.
+	Banned string
 	// ByUser: every ban that refuses is keyed by the user alone (key user),
 	// so the refusal is about the account, not the client's network.
 	ByUser bool
@@ -273,11 +276,14 @@ func (g *Guard) CheckLogin(ctx context.Context, a netip.Addr, user string) (Verd
 		if byUser && ans.Known {
 			continue // the user's own device
 		}
+		if !v.Refused || !byUser {
+			v.Banned = b.Subject
+		}
 		v.Refused = true
 		v.ByUser = v.ByUser && byUser
 	}
 	if v.Refused {
-		return Verdict{Refused: true, ByUser: v.ByUser}, nil
+		return Verdict{Refused: true, Banned: v.Banned, ByUser: v.ByUser}, nil
 	}
 	v.ByUser = false
 	for i, n := range ans.Counts {

@@ -307,15 +307,15 @@ func TestCheckLoginVerdict(t *testing.T) {
 	}
 	// The third distinct password bans the user: a user-keyed refusal.
 	fail(t, g, "203.0.113.6", "alice@example.org", "0333", 1)
-	if got, want := check("192.0.2.9", "alice@example.org"), (Verdict{Refused: true, ByUser: true}); got != want {
+	if got, want := check("192.0.2.9", "alice@example.org"), (Verdict{Refused: true, Banned: "user:alice@example.org", ByUser: true}); got != want {
 		t.Errorf("user banned: CheckLogin = %+v, want %+v", got, want)
 	}
 	// An address ban as well: the refusal is about the network.
 	fail(t, g, "203.0.113.6", "bob@example.org", "0444", 5)
-	if got, want := check("203.0.113.6", "alice@example.org"), (Verdict{Refused: true}); got != want {
+	if got, want := check("203.0.113.6", "alice@example.org"), (Verdict{Refused: true, Banned: "net:203.0.113.6/32"}); got != want {
 		t.Errorf("user and address banned: CheckLogin = %+v, want %+v", got, want)
 	}
-	if got, want := check("203.0.113.6", ""), (Verdict{Refused: true}); got != want {
+	if got, want := check("203.0.113.6", ""), (Verdict{Refused: true, Banned: "net:203.0.113.6/32"}); got != want {
 		t.Errorf("address banned: CheckLogin = %+v, want %+v", got, want)
 	}
 }
