@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -132,6 +133,10 @@ type Server struct {
 	// Health returns nil when the node works; an error makes /healthz answer
 	// 503 "degraded: ...". Nil: always healthy.
 	Health func(ctx context.Context) error
+	// Pprof adds Go's profiler (net/http/pprof) under /debug/pprof/. Off
+	// by default: it shows the daemon's internals to whoever reaches the
+	// listener.
+	Pprof bool
 }
 
 // Handler returns the routes.
@@ -150,5 +155,12 @@ func (s *Server) Handler() http.Handler {
 		}
 		fmt.Fprintln(w, "ok")
 	})
+	if s.Pprof {
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	}
 	return mux
 }

@@ -65,3 +65,16 @@ func TestMetricsAndHealth(t *testing.T) {
 		t.Errorf("/healthz degraded = %d %q", code, body)
 	}
 }
+
+// TestPprof: the profiler is served only when Pprof is set.
+func TestPprof(t *testing.T) {
+	for _, on := range []bool{false, true} {
+		h := (&Server{Registry: New(nil), Pprof: on}).Handler()
+		for _, path := range []string{"/debug/pprof/", "/debug/pprof/heap?debug=1", "/debug/pprof/cmdline"} {
+			code, _ := get(t, h, path)
+			if want := map[bool]int{false: http.StatusNotFound, true: http.StatusOK}[on]; code != want {
+				t.Errorf("Pprof %v: GET %s = %d, want %d", on, path, code, want)
+			}
+		}
+	}
+}

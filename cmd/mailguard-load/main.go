@@ -13,6 +13,12 @@
 //
 //	mailguard-load -dovecot http://127.0.0.1:10029/ -conns 32 -duration 10s -fail-ratio 0.2
 //
+// `mailguard-load floor` is the other side: a server of both protocols that
+// does the least possible (reads each request, answers DUNNO or
+// {"status":0}), the floor that `make load` compares mailguard with.
+//
+//	mailguard-load floor -policy 127.0.0.1:20028 -dovecot 127.0.0.1:20029
+//
 // It only talks to loopback addresses and unix sockets, and every run is
 // bounded in time (and, with -requests, in count). Note that requests reach
 // the real guard: with -users the recipients count in the postfix-rate jail,
@@ -50,6 +56,9 @@ func main() {
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "floor" {
+		return runFloor(ctx, args[1:], stdout, stderr)
+	}
 	fs := flag.NewFlagSet("mailguard-load", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	policy := fs.String("policy", "127.0.0.1:10028", "Postfix policy service: host:port, inet:host:port or unix:/path (loopback only)")

@@ -149,7 +149,7 @@ func serve(ctx context.Context, c config.Config, log *slog.Logger) error {
 		Log:         log.With("frontend", "dovecot"), Metrics: metrics.Frontend{R: reg, Name: "dovecot"},
 	}
 	adm := &http.Server{Handler: (&admin.Server{Guard: g, Log: log}).Handler(), ReadTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second}
-	ms := &http.Server{Handler: (&metrics.Server{Registry: reg, Health: health(st)}).Handler(), ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 30 * time.Second}
+	ms := &http.Server{Handler: (&metrics.Server{Registry: reg, Health: health(st), Pprof: c.Metrics.Pprof}).Handler(), ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 30 * time.Second}
 
 	// Bind every listener before serving: a taken port stops the start
 	// with a clear error instead of a half-running daemon.

@@ -108,6 +108,9 @@ type Admin struct {
 
 type Metrics struct {
 	Listen string `mapstructure:"listen" yaml:"listen"`
+	// Pprof serves Go's profiler under /debug/pprof/ on the metrics
+	// listener (off by default: it shows the daemon's internals).
+	Pprof bool `mapstructure:"pprof" yaml:"pprof"`
 }
 
 type Recidive struct {
