@@ -1,50 +1,76 @@
 #!/usr/bin/env bash
-# load.sh: run mailguard on a throwaway config and measure both front ends
-# with bin/mailguard-load. `make load` runs it.
+# load.sh: measure mailguard's two front ends against the floor, in one run.
+# `make load` runs it.
 #
-#   STORE=memory|redis   store.backend (default memory, the embedded store)
-#   REDIS_URL            with STORE=redis (default redis://127.0.0.1:6379/0);
-#                        keys go under a prefix of their own, left to expire
-#   DURATION=10s CONNS=32 POSTFIX_USERS=0 FAIL_RATIO=0.2
+# It starts `mailguard-load floor` (a server of both protocols that reads
+# each request and answers DUNNO / {"status":0}, nothing else), then for each
+# store runs mailguard serve on a throwaway config and drives the floor and
+# mailguard alternately with the same load (bin/mailguard-load). With the
+# Redis store it also runs redis-benchmark GET (unpipelined, CONNS clients)
+# against the same Redis: the Redis floor. It ends with a table of
+# mailguard's throughput as a ratio of each floor.
+#
+#   STORES="memory redis"  the stores to measure (store.backend)
+#   REDIS_URL            Redis for STORES=redis; unset: a throwaway redis-server
+#                        on a free port (keys go under a prefix of their own,
+#                        left to expire, on a Redis given here)
+#   DURATION=5s CONNS=32 POSTFIX_USERS=0 FAIL_RATIO=0.2
 #   RATE=0               requests per second, open loop (0: as fast as answered)
 #   LOG_LEVEL=info       the daemon's log.level (debug logs every request: it would dominate)
+#   PROFILE=DIR          turn on metrics.pprof and save a CPU profile (and
+#                        the allocations) of the daemon under each load in DIR
 #
 # Everything runs on this machine: the load tool shares the CPUs with the
-# daemon, so the figures are a floor of what the daemon alone can do.
+# daemon (and with Redis), so the figures are a floor of what the daemon alone
+# can do. The ratios are what to compare across machines and changes.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 GO=${GO:-go}
-STORE=${STORE:-memory}
-REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379/0}
-DURATION=${DURATION:-10s}
+STORES=${STORES:-${STORE:-memory redis}}
+REDIS_URL=${REDIS_URL:-}
+DURATION=${DURATION:-5s}
 CONNS=${CONNS:-32}
 POSTFIX_USERS=${POSTFIX_USERS:-0}
 FAIL_RATIO=${FAIL_RATIO:-0.2}
 RATE=${RATE:-0}
 LOG_LEVEL=${LOG_LEVEL:-info}
+PROFILE=${PROFILE:-}
+export PATH="$PATH:/usr/sbin:/sbin"
 
-case $STORE in
-memory | redis) ;;
-*) echo "load.sh: STORE must be memory or redis, not '$STORE'" >&2; exit 2 ;;
-esac
+for s in $STORES; do
+	case $s in
+	memory | redis) ;;
+	*) echo "load.sh: STORES must list memory and/or redis, not '$s'" >&2; exit 2 ;;
+	esac
+done
+secs=${DURATION%s}
+if ! [[ $secs =~ ^[0-9]+$ ]] || [ "$secs" -lt 1 ]; then
+	echo "load.sh: DURATION must be whole seconds (5s), not '$DURATION'" >&2
+	exit 2
+fi
 
 echo "== build"
 "$GO" build -trimpath -o bin/mailguard ./cmd/mailguard
 "$GO" build -trimpath -o bin/mailguard-load ./cmd/mailguard-load
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/mailguard-load.XXXXXX")
-pid=
-stop() {
-	if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-		kill -TERM "$pid" 2>/dev/null || true
-		for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-		kill -KILL "$pid" 2>/dev/null || true
-		wait "$pid" 2>/dev/null || true
+pids=()
+# stop_pid PID: TERM, then KILL after 5 s.
+stop_pid() {
+	local p=$1
+	if kill -0 "$p" 2>/dev/null; then
+		kill -TERM "$p" 2>/dev/null || true
+		for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+		kill -KILL "$p" 2>/dev/null || true
 	fi
+	wait "$p" 2>/dev/null || true
+}
+cleanup() {
+	for p in "${pids[@]}"; do stop_pid "$p"; done
 	rm -rf "$tmp"
 }
-trap stop EXIT
+trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # in_use PORT: something listens on 127.0.0.1:PORT (or on every address).
@@ -69,72 +95,187 @@ free_port() {
 	echo "load.sh: no free port found" >&2
 	return 1
 }
-pf_port=$(free_port)
-dv_port=$(free_port)
-key="load-$RANDOM$RANDOM"
+# wait_up PID WHAT PORT...: wait until PID listens on every PORT.
+wait_up() {
+	local p=$1 what=$2 ok
+	shift 2
+	for _ in $(seq 100); do
+		kill -0 "$p" 2>/dev/null || break
+		ok=1
+		for port in "$@"; do in_use "$port" || ok=; done
+		[ -n "$ok" ] && return 0
+		sleep 0.1
+	done
+	echo "load.sh: $what did not start; its log:" >&2
+	cat "$tmp/$what.log" >&2
+	exit 1
+}
 
-cat >"$tmp/mailguard.yaml" <<EOF
-state_dir: $tmp/state
-postfix: {listen: "127.0.0.1:$pf_port"}
-dovecot: {listen: "127.0.0.1:$dv_port", api_header: "Authorization: Bearer $key"}
-admin: {socket: "$tmp/admin.sock"}
-metrics: {listen: ""}
-store:
-  backend: $STORE
-  redis: {url: "$REDIS_URL", prefix: "mailguard-load-$$:"}
-log: {level: $LOG_LEVEL, format: text}
-EOF
-
-# MAILGUARD_* variables would override the file: the run must not depend on them.
+# MAILGUARD_* variables would override the config file: the run must not depend on them.
 for v in $(compgen -e); do
 	if [[ $v == MAILGUARD_* ]]; then unset "$v"; fi
 done
 
-echo "== mailguard serve (store $STORE, postfix 127.0.0.1:$pf_port, dovecot 127.0.0.1:$dv_port, log level $LOG_LEVEL)"
-bin/mailguard serve --config "$tmp/mailguard.yaml" 2>"$tmp/mailguard.log" &
-pid=$!
-up=
-for _ in $(seq 100); do
-	if ! kill -0 "$pid" 2>/dev/null; then break; fi
-	if in_use "$pf_port" && in_use "$dv_port" && [ -S "$tmp/admin.sock" ]; then up=1; break; fi
-	sleep 0.1
-done
-if [ -z "$up" ]; then
-	echo "load.sh: mailguard did not start; its log:" >&2
-	cat "$tmp/mailguard.log" >&2
-	exit 1
+floor_pf=$(free_port)
+floor_dv=$(free_port)
+bin/mailguard-load floor -policy "127.0.0.1:$floor_pf" -dovecot "127.0.0.1:$floor_dv" -duration 1h >"$tmp/floor.log" 2>&1 &
+floor_pid=$!
+pids+=("$floor_pid")
+wait_up "$floor_pid" floor "$floor_pf" "$floor_dv"
+echo "== floor: postfix 127.0.0.1:$floor_pf, dovecot 127.0.0.1:$floor_dv (pid $floor_pid)"
+
+redis_host= redis_port= redis_pass= redis_db=0 redis_pid=
+if [[ " $STORES " == *" redis "* ]]; then
+	if [ -z "$REDIS_URL" ]; then
+		if ! command -v redis-server >/dev/null; then
+			echo "load.sh: no redis-server and no REDIS_URL: skipping the Redis store" >&2
+			STORES=${STORES//redis/}
+		else
+			redis_port=$(free_port)
+			redis_host=127.0.0.1
+			mkdir "$tmp/redis"
+			redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$tmp/redis" --save "" --appendonly no \
+				--logfile "$tmp/redis.log" &
+			redis_pid=$!
+			pids+=("$redis_pid")
+			wait_up "$redis_pid" redis "$redis_port"
+			REDIS_URL="redis://127.0.0.1:$redis_port/0"
+			echo "== redis-server $(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p') on 127.0.0.1:$redis_port (throwaway)"
+		fi
+	else
+		if [[ $REDIS_URL =~ ^rediss?://(([^:@/]*)(:([^@/]*))?@)?([^:/]+)(:([0-9]+))?(/([0-9]+))?$ ]]; then
+			redis_pass=${BASH_REMATCH[4]} redis_host=${BASH_REMATCH[5]} redis_port=${BASH_REMATCH[7]:-6379} redis_db=${BASH_REMATCH[9]:-0}
+		else
+			echo "load.sh: cannot read REDIS_URL (want redis://[user:password@]host:port[/db])" >&2
+			exit 2
+		fi
+	fi
 fi
 
-# CPU seconds (user+system) used so far by the daemon, and by the whole
+# CPU seconds (user+system) used so far by a process, and by the whole
 # machine: what neither the daemon nor the load tool used was taken by
-# something else, and makes the figures of that run worth less.
+# something else (Redis, other jobs), and makes the figures of that run worth less.
 hz=$(getconf CLK_TCK)
-daemon_cpu() { awk -v hz="$hz" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$pid/stat"; }
+proc_cpu() { awk -v hz="$hz" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 busy_cpu() { awk -v hz="$hz" '$1 == "cpu" { printf "%.2f", ($2 + $3 + $4 + $7 + $8 + $9) / hz }' /proc/stat; }
 TIMEFORMAT="%3U %3S"
 exec 3>&1 4>&2
 status=0
+declare -A rps
+# measure KEY SERVER_PID NAME ARGS...: run the load tool, print its report and
+# the CPU shares, and keep its throughput as rps[KEY].
 measure() {
-	local name=$1 d0 b0 d1 b1 lt
-	shift
+	local key=$1 spid=$2 name=$3 d0 b0 r0 d1 b1 r1 lt out
+	shift 3
 	echo
 	echo "== $name"
-	d0=$(daemon_cpu) b0=$(busy_cpu)
-	lt=$({ time bin/mailguard-load "$@" -conns "$CONNS" -duration "$DURATION" -rate "$RATE" >&3 2>&4; } 2>&1) || status=1
-	d1=$(daemon_cpu) b1=$(busy_cpu)
-	awk -v d="$(awk -v a="$d0" -v b="$d1" 'BEGIN { print b - a }')" -v b="$(awk -v a="$b0" -v b="$b1" 'BEGIN { print b - a }')" \
-		-v lt="$lt" -v n="$(nproc)" 'BEGIN {
-			split(lt, t, " "); l = t[1] + t[2]; o = b - d - l; if (o < 0) o = 0
-			printf "cpu         daemon %.2fs, load tool %.2fs, other processes %.2fs (%d cores)\n", d, l, o, n
+	d0=$(proc_cpu "$spid") b0=$(busy_cpu) r0=$(proc_cpu "${redis_pid:-self}")
+	out="$tmp/out.$key"
+	lt=$({ time bin/mailguard-load "$@" -conns "$CONNS" -duration "$DURATION" -rate "$RATE" >"$out" 2>&4; } 2>&1) || status=1
+	d1=$(proc_cpu "$spid") b1=$(busy_cpu) r1=$(proc_cpu "${redis_pid:-self}")
+	cat "$out"
+	rps[$key]=$(awk '$1 == "throughput" { print $2 }' "$out")
+	awk -v d0="$d0" -v d1="$d1" -v b0="$b0" -v b1="$b1" -v r0="$r0" -v r1="$r1" -v redis="${redis_pid:+1}" \
+		-v lt="$lt" -v n="$(nproc)" -v r="${rps[$key]:-0}" -v secs="$secs" 'BEGIN {
+			d = d1 - d0; b = b1 - b0; rc = redis ? r1 - r0 : 0
+			split(lt, t, " "); l = t[1] + t[2]; o = b - d - l - rc; if (o < 0) o = 0
+			printf "cpu         server %.2fs (%.1f µs/request), load tool %.2fs", d, (r > 0 ? d / (r * secs) * 1e6 : 0), l
+			if (redis) printf ", redis-server %.2fs", rc
+			printf ", other processes %.2fs (%d cores)\n", o, n
 		}'
 }
-measure "postfix policy: $CONNS connections, $DURATION, users $POSTFIX_USERS" \
-	-policy "127.0.0.1:$pf_port" -users "$POSTFIX_USERS"
-measure "dovecot auth policy: $CONNS keep-alive connections, $DURATION, fail ratio $FAIL_RATIO" \
-	-dovecot "http://127.0.0.1:$dv_port/" -api-header "Authorization: Bearer $key" -fail-ratio "$FAIL_RATIO"
+# profile PORT NAME: a CPU profile of the daemon over most of DURATION, in the background.
+profile() {
+	[ -n "$PROFILE" ] || return 0
+	local s=$((secs > 2 ? secs - 1 : 1))
+	curl -sf -o "$PROFILE/$2.cpu.pprof" "http://127.0.0.1:$1/debug/pprof/profile?seconds=$s" &
+	prof_pid=$!
+}
+profile_done() {
+	[ -n "$PROFILE" ] || return 0
+	wait "$prof_pid" || echo "load.sh: CPU profile $2 failed" >&2
+	curl -sf -o "$PROFILE/$2.allocs.pprof" "http://127.0.0.1:$1/debug/pprof/allocs" || echo "load.sh: allocs profile $2 failed" >&2
+}
+[ -z "$PROFILE" ] || mkdir -p "$PROFILE"
 
+key="load-$RANDOM$RANDOM"
+run_store() {
+	local st=$1 pf dv mp=0 dpid
+	pf=$(free_port) dv=$(free_port)
+	[ -z "$PROFILE" ] || mp=$(free_port)
+	cat >"$tmp/mailguard-$st.yaml" <<EOF
+state_dir: $tmp/state-$st
+postfix: {listen: "127.0.0.1:$pf"}
+dovecot: {listen: "127.0.0.1:$dv", api_header: "Authorization: Bearer $key"}
+admin: {socket: "$tmp/admin-$st.sock"}
+metrics: {listen: "$([ -z "$PROFILE" ] || echo "127.0.0.1:$mp")", pprof: $([ -n "$PROFILE" ] && echo true || echo false)}
+store:
+  backend: $st
+  redis: {url: "$REDIS_URL", prefix: "mailguard-load-$$-$RANDOM:"}
+log: {level: $LOG_LEVEL, format: text}
+EOF
+	echo
+	echo "== mailguard serve (store $st, postfix 127.0.0.1:$pf, dovecot 127.0.0.1:$dv, log level $LOG_LEVEL)"
+	bin/mailguard serve --config "$tmp/mailguard-$st.yaml" 2>"$tmp/mailguard-$st.log" &
+	dpid=$!
+	pids+=("$dpid")
+	wait_up "$dpid" "mailguard-$st" "$pf" "$dv"
+
+	local pfargs=(-users "$POSTFIX_USERS")
+	local dvargs=(-api-header "Authorization: Bearer $key" -fail-ratio "$FAIL_RATIO")
+	measure "floor-postfix-$st" "$floor_pid" "floor, postfix policy: $CONNS connections, $DURATION, users $POSTFIX_USERS" \
+		-policy "127.0.0.1:$floor_pf" "${pfargs[@]}"
+	profile "$mp" "postfix-$st"
+	measure "postfix-$st" "$dpid" "mailguard ($st store), postfix policy: $CONNS connections, $DURATION, users $POSTFIX_USERS" \
+		-policy "127.0.0.1:$pf" "${pfargs[@]}"
+	profile_done "$mp" "postfix-$st"
+	measure "floor-dovecot-$st" "$floor_pid" "floor, dovecot auth policy: $CONNS keep-alive connections, $DURATION, fail ratio $FAIL_RATIO" \
+		-dovecot "http://127.0.0.1:$floor_dv/" "${dvargs[@]}"
+	profile "$mp" "dovecot-$st"
+	measure "dovecot-$st" "$dpid" "mailguard ($st store), dovecot auth policy: $CONNS keep-alive connections, $DURATION, fail ratio $FAIL_RATIO" \
+		-dovecot "http://127.0.0.1:$dv/" "${dvargs[@]}"
+	profile_done "$mp" "dovecot-$st"
+
+	stop_pid "$dpid"
+	local log="$tmp/mailguard-$st.log"
+	echo
+	echo "== mailguard ($st store) log: $(wc -l <"$log") lines ($(grep -c 'msg=ban ' "$log" || true) bans, $(grep -c 'msg=refused\|msg="policyd: refuse"' "$log" || true) refusals, $(grep -c 'level=\(WARN\|ERROR\)' "$log" || true) warnings or errors)"
+	grep 'level=\(WARN\|ERROR\)' "$log" | head -5 || true
+}
+
+redis_bench() {
+	echo
+	echo "== redis-benchmark GET, unpipelined, $CONNS clients, $redis_host:$redis_port (the Redis floor)"
+	if ! command -v redis-benchmark >/dev/null; then
+		echo "load.sh: no redis-benchmark: no Redis floor" >&2
+		return
+	fi
+	local n auth=()
+	# About DURATION's worth at the floor's pace (Redis answers ~50,000 GET/s on 2 cores).
+	n=$((secs * 50000))
+	[ -z "$redis_pass" ] || auth=(-a "$redis_pass" --no-auth-warning)
+	rps[redis-get]=$(redis-benchmark -h "$redis_host" -p "$redis_port" "${auth[@]}" --dbnum "$redis_db" \
+		-c "$CONNS" -P 1 -n "$n" -t get --csv | awk -F'"' '$2 == "GET" { printf "%.0f", $4 }')
+	echo "throughput  ${rps[redis-get]:-?} GET/s ($n requests)"
+}
+
+for st in $STORES; do
+	run_store "$st"
+	[ "$st" != redis ] || redis_bench
+done
+
+ratio() { awk -v a="${1:-0}" -v b="${2:-0}" 'BEGIN { if (a > 0 && b > 0) printf "%.2f", a / b; else printf "-" }'; }
 echo
-lines=$(wc -l <"$tmp/mailguard.log")
-echo "== daemon log: $lines lines ($(grep -c 'msg=ban ' "$tmp/mailguard.log" || true) bans, $(grep -c 'msg=refused\|msg="policyd: refuse"' "$tmp/mailguard.log" || true) refusals, $(grep -c 'level=\(WARN\|ERROR\)' "$tmp/mailguard.log" || true) warnings or errors)"
-grep 'level=\(WARN\|ERROR\)' "$tmp/mailguard.log" | head -5 || true
+echo "== summary: throughput (req/s), mailguard as a ratio of the floor measured just before it"
+printf "%-10s %-8s %10s %10s %6s\n" "front end" store mailguard floor ratio
+for st in $STORES; do
+	for fe in postfix dovecot; do
+		printf "%-10s %-8s %10s %10s %6s\n" "$fe" "$st" "${rps[$fe-$st]:-?}" "${rps[floor-$fe-$st]:-?}" "$(ratio "${rps[$fe-$st]:-}" "${rps[floor-$fe-$st]:-}")"
+	done
+	if [ "$st" = redis ]; then
+		printf "%-10s %-8s %10s %10s %6s   (floor: redis-benchmark GET, same Redis, %s clients)\n" postfix redis "${rps[postfix-redis]:-?}" "${rps[redis-get]:-?}" \
+			"$(ratio "${rps[postfix-redis]:-}" "${rps[redis-get]:-}")" "$CONNS"
+	fi
+done
+echo "(the machine's other load during the run shows in each 'cpu' line: other processes)"
 exit $status
