@@ -1,6 +1,29 @@
 package redisstore
 
-import "github.com/redis/go-redis/v9"
+import (
+	"context"
+	"sync"
+
+	"github.com/redis/go-redis/v9"
+)
 
 // Client returns the store's go-redis client, for tests that count commands.
 func (s *Store) Client() redis.UniversalClient { return s.c }
+
+// OpenHeld opens a store with one batcher that takes nothing from its queue
+// until release is called, so that the calls made meanwhile go out as one
+// pipeline; sizes receives the size of every pipeline sent, and queued
+// tells how many calls wait.
+func OpenHeld(ctx context.Context, o Options) (s *Store, queued func() int, release func(), sizes <-chan int, err error) {
+	gate := make(chan struct{})
+	ch := make(chan int, 64)
+	s, err = open(ctx, o, func(b *batcher) {
+		b.n, b.gate = 1, gate
+		b.onBatch = func(n int) { ch <- n }
+	})
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
+	var once sync.Once
+	return s, func() int { return len(s.b.q) }, func() { once.Do(func() { close(gate) }) }, ch, nil
+}

@@ -43,7 +43,7 @@ func (s *Store) Check(ctx context.Context, q store.Query) (store.Answer, error) 
 		keys = append(keys, s.k.window(w.Jail, w.Subject))
 		args = append(args, durMicros(w.Span))
 	}
-	v, err := checkScript.Run(ctx, s.c, keys, args...).Slice()
+	v, err := s.b.script(ctx, checkScript, keys, args...).Slice()
 	if err != nil {
 		return ans, s.fail("check", err)
 	}
@@ -94,7 +94,7 @@ func (s *Store) Hit(ctx context.Context, h store.Hit) (store.HitResult, error) {
 	if rwin < 0 {
 		rwin = 0
 	}
-	v, err := hitScript.Run(ctx, s.c, keys,
+	v, err := s.b.script(ctx, hitScript, keys,
 		micros(now), strconv.FormatInt(now.UnixNano(), 10), durMicros(h.Span), h.MaxRetry,
 		member(h.Member), max(int64(h.BanTime), 0), durMicros(rwin),
 		strconv.FormatFloat(h.Recidive.Factor, 'g', -1, 64), max(int64(h.Recidive.MaxTime), 0),
@@ -225,7 +225,7 @@ func (s *Store) Reset(ctx context.Context, jail string, subject store.Subject) e
 	if s.closed.Load() {
 		return store.ErrClosed
 	}
-	err := resetScript.Run(ctx, s.c, []string{s.k.window(jail, subject), s.k.failing(jail)}, subject).Err()
+	err := s.b.script(ctx, resetScript, []string{s.k.window(jail, subject), s.k.failing(jail)}, subject).Err()
 	if err != nil {
 		return s.fail("reset", err)
 	}
@@ -241,7 +241,7 @@ func (s *Store) Remember(ctx context.Context, key string, ttl time.Duration) err
 		return fmt.Errorf("redisstore: remember: ttl %v must be positive", ttl)
 	}
 	exp := micros(s.now().Add(ttl))
-	if err := s.c.Set(ctx, s.k.known(key), exp, ttl+slack).Err(); err != nil {
+	if err := s.b.set(ctx, s.k.known(key), exp, ttl+slack); err != nil {
 		return s.fail("remember", err)
 	}
 	return nil

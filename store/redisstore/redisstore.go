@@ -124,6 +124,7 @@ type Store struct {
 	once   sync.Once
 
 	errs limiter
+	b    *batcher // Check, Hit, Remember and Reset go through it (pipeline.go)
 }
 
 var _ store.Store = (*Store)(nil)
@@ -134,6 +135,12 @@ var _ store.Store = (*Store)(nil)
 // back. Outages are errors of the calls made during them, and go-redis
 // reconnects by itself.
 func Open(ctx context.Context, o Options) (*Store, error) {
+	return open(ctx, o, nil)
+}
+
+// open is Open; tune, when not nil, adjusts the batcher before it starts
+// (tests).
+func open(ctx context.Context, o Options, tune func(*batcher)) (*Store, error) {
 	uo, err := universalOptions(o)
 	if err != nil {
 		return nil, err
@@ -159,6 +166,7 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 	if s.node == "" {
 		s.node = hostname()
 	}
+	s.b = newBatcher(s.c, s.done, uo.PoolTimeout)
 	routeLibraryLog(s.log)
 	if err := s.Ping(ctx); err != nil {
 		var reply redis.Error
@@ -175,6 +183,10 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 		// answer per store.fail_mode) until Redis is back; go-redis redials.
 		s.log.Warn("redisstore: Redis unreachable at start; answering per store.fail_mode until it is back", "err", err)
 	}
+	if tune != nil {
+		tune(s.b)
+	}
+	s.b.start()
 	return s, nil
 }
 
@@ -258,6 +270,7 @@ func (s *Store) Close() error {
 		s.closed.Store(true)
 		close(s.done)
 		err = s.c.Close()
+		s.b.wg.Wait()
 	})
 	return err
 }

@@ -17,7 +17,8 @@ import (
 	"github.com/mailguard/mailguard/store/redisstore/redistest"
 )
 
-// recorder is a go-redis hook that records the commands a client sends.
+// recorder is a go-redis hook that records the commands a client sends,
+// alone or in a pipeline (the store pipelines its request-path calls).
 type recorder struct {
 	mu   sync.Mutex
 	cmds []string
@@ -39,7 +40,9 @@ func (r *recorder) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 func (r *recorder) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return func(ctx context.Context, cmds []redis.Cmder) error {
 		r.mu.Lock()
-		r.cmds = append(r.cmds, "pipeline")
+		for _, c := range cmds {
+			r.cmds = append(r.cmds, c.Name())
+		}
 		r.mu.Unlock()
 		return next(ctx, cmds)
 	}
