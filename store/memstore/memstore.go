@@ -254,15 +254,16 @@ func (s *Store) Hit(_ context.Context, h store.Hit) (store.HitResult, error) {
 	defer sh.mu.Unlock()
 	w := sh.windows[k]
 	if w == nil {
-		w = &window{times: make([]int64, 0, min(h.MaxRetry+1, 8))}
+		w = &window{}
 		sh.windows[k] = w
 	}
 	w.span = h.Span
 	w.prune(n, h.Span)
-	if h.Member != "" && w.has(h.Member) {
+	m := s.memberHash(h.Member)
+	if m != 0 && w.has(m) {
 		return store.HitResult{Count: len(w.times)}, nil
 	}
-	w.add(n, h.Member, h.MaxRetry+1)
+	w.add(n, m, h.MaxRetry+1)
 	s.totalsOf(h.Jail).failed.Add(1)
 	res := store.HitResult{Count: len(w.times)}
 	if h.BanTime <= 0 || res.Count < h.MaxRetry {
@@ -280,6 +281,16 @@ func (s *Store) Hit(_ context.Context, h store.Hit) (store.HitResult, error) {
 	delete(sh.windows, k)
 	res.Ban = &b
 	return res, nil
+}
+
+// memberHash is the 64-bit hash of a Hit's Member that windows keep (0: no
+// member). Two distinct members collide with a chance of 2⁻⁶⁴; windows are
+// not persisted, so the per-process seed is enough.
+func (s *Store) memberHash(m string) uint64 {
+	if m == "" {
+		return 0
+	}
+	return maphash.String(s.seed, m) | 1
 }
 
 func (s *Store) raiseMaxWindow(w int64) {

@@ -28,11 +28,14 @@ type wkey struct {
 }
 
 // window is one sliding failure window: the times of at most MaxRetry+1 most
-// recent failures, ascending, and their members when any Hit named one.
+// recent failures, ascending, and their members when any Hit named one. A
+// member is kept as a 64-bit hash (see memberHash), not the Hit's string
+// (prefix|user|password hash, ~100 bytes): distinct passwords only need to
+// be told apart, and the password hash is not kept.
 type window struct {
 	span    time.Duration // the last Hit's Span, for the janitor and Stats
 	times   []int64       // unix nanoseconds, ascending
-	members []string      // parallel to times; nil while no member was given
+	members []uint64      // parallel to times; nil while no member was given
 }
 
 // first returns the index of the first failure younger than span at n.
@@ -62,23 +65,23 @@ func (w *window) drop(i int) {
 	}
 	w.times = w.times[:copy(w.times, w.times[i:])]
 	if w.members != nil {
-		n := copy(w.members, w.members[i:])
-		clear(w.members[n:]) // let the dropped strings go
-		w.members = w.members[:n]
+		w.members = w.members[:copy(w.members, w.members[i:])]
 	}
 }
 
-func (w *window) has(member string) bool {
+func (w *window) has(member uint64) bool {
 	return slices.Contains(w.members, member)
 }
 
-// add records a failure at n, keeping at most limit failures (the newest).
-func (w *window) add(n int64, member string, limit int) {
+// add records a failure at n with member (0: none), keeping at most limit
+// failures (the newest). The slices grow as failures come: most windows
+// never hold more than one.
+func (w *window) add(n int64, member uint64, limit int) {
 	if l := len(w.times); l > 0 && n < w.times[l-1] {
 		n = w.times[l-1] // the clock stepped back: keep the times ascending
 	}
-	if member != "" && w.members == nil {
-		w.members = make([]string, len(w.times), cap(w.times))
+	if member != 0 && w.members == nil {
+		w.members = make([]uint64, len(w.times), len(w.times)+1)
 	}
 	if len(w.times) >= limit {
 		w.drop(len(w.times) - limit + 1)
