@@ -16,10 +16,11 @@ import (
 //	                     TTL findtime from the last failure
 //	base f:JAIL          ZSET subjects failing in JAIL, score = end of their
 //	                     window µs (Stats' Failing); TTL the longest window
-//	base b:SUBJECT       HASH jail → ban record; TTL its longest ban
+//	base b:SUBJECT       HASH per jail: its ban record, reason and recidive
+//	                     history (scripts.go has the fields); TTL its longest
+//	                     ban or recidive window
 //	base bx              ZSET subjects with bans, score = latest expiry µs
 //	                     (Bans); TTL its longest ban
-//	base r:JAIL|SUBJECT  ZSET ban times µs for recidive; TTL recidive window
 //	base k:KEY           STRING known device: its expiry µs; TTL its ttl
 //	base st              HASH f:JAIL, b:JAIL counters (and ids), rw the
 //	                     recidive window; TTL statsTTL since the last write
@@ -75,9 +76,6 @@ func (k keys) window(jail, subject string) string {
 func (k keys) failing(jail string) string { return k.base + "f:" + jail }
 func (k keys) ban(subject string) string  { return k.banBase + subject }
 func (k keys) known(key string) string    { return k.base + "k:" + key }
-func (k keys) history(jail, subject string) string {
-	return k.base + "r:" + jailEscaper.Replace(jail) + "|" + subject
-}
 
 // member turns a Hit.Member (guard passes prefix|user|password hash) into a
 // short opaque window member: Redis never holds the password hash, and a

@@ -35,7 +35,7 @@ func TestNewKeys(t *testing.T) {
 		}
 		// Every key starts with the prefix and has the same hash tag.
 		tag := hashTag(k.index)
-		for _, key := range []string{k.window("j", "s"), k.failing("j"), k.ban("user:{x}"), k.index, k.history("j", "s"), k.known("k"), k.stats, k.events} {
+		for _, key := range []string{k.window("j", "s"), k.failing("j"), k.ban("user:{x}"), k.index, k.known("k"), k.stats, k.events} {
 			if !strings.HasPrefix(key, tt.prefix) || hashTag(key) != tag {
 				t.Errorf("prefix %q: key %q has tag %q, want prefix and tag %q", tt.prefix, key, hashTag(key), tag)
 			}

@@ -103,18 +103,18 @@ func TestMemoryPerAddress(t *testing.T) {
 	})
 	perBan := (usedMemory(t, admin) - base) / tracked
 	ban := memoryUsage(t, admin, "mailguard:{mailguard}:b:"+subject(1+tracked))
-	hist := memoryUsage(t, admin, "mailguard:{mailguard}:r:postfix|"+subject(1+tracked))
 	bx := memoryUsage(t, admin, "mailguard:{mailguard}:bx")
 	stream := memoryUsage(t, admin, "mailguard:{mailguard}:ev")
 	xlen, _ := admin.XLen(ctx, "mailguard:{mailguard}:ev").Result()
-	t.Logf("%d bans in %v: %d bytes each (used_memory delta); MEMORY USAGE: ban hash %d, recidive history %d, ban index %d/ban, event stream %d in all (%d entries, bounded)",
-		tracked, time.Since(start).Round(time.Millisecond), perBan, ban, hist, bx/tracked, stream, xlen)
+	t.Logf("%d bans in %v: %d bytes each (used_memory delta); MEMORY USAGE: ban hash (with its recidive history) %d, ban index %d/ban, event stream %d in all (%d entries, bounded)",
+		tracked, time.Since(start).Round(time.Millisecond), perBan, ban, bx/tracked, stream, xlen)
 
 	bans, err := s.Bans(ctx)
 	if err != nil || len(bans) != tracked {
 		t.Errorf("Bans() = %d bans, %v; want %d", len(bans), err, tracked)
 	}
-	if perAddr > 400 || perBan > 800 {
-		t.Errorf("memory per address %d B or per ban %d B is far above the measured ~200/~400", perAddr, perBan)
+	// README's figures: ~330 bytes per tracked address, ~400 per ban.
+	if perAddr > 500 || perBan > 600 {
+		t.Errorf("memory per address %d B or per ban %d B is far above README's ~330/~400", perAddr, perBan)
 	}
 }

@@ -12,51 +12,116 @@ import "github.com/redis/go-redis/v9"
 // Key TTLs are relative (PEXPIRE), a logical duration plus a slack, so a test
 // clock that runs ahead of the wall clock never makes Redis drop live data.
 //
-// A ban record, the value of field jail in the ban hash of its subject, is
+// A ban record, as scripts return it and as events carry it, is
 //
 //	expires_us|created_ns|duration_ns|nth|reason
 //
-// Scripts compare expires_us with now (coarse, µs); Go rebuilds the exact
+// with expires_us and created_ns in base 36 (10 and 12 digits instead of 16
+// and 19: the record is stored once per ban). Scripts compare expires_us
+// with now (coarse, µs); Go rebuilds the exact
 // Expires = created + duration and filters again at nanosecond precision.
+//
+// The ban hash of a subject (keys.go) holds, per jail J:
+//
+//	J        expires_us|created_ns|duration_ns|nth (the record without the
+//	         reason: ≤ 46 bytes)
+//	\0r J    the reason, when not empty
+//	\0h J    the recidive history: ban times in µs, base 36, ascending,
+//	         space-separated
+//
+// so that every value stays under Redis's hash-max-listpack-value (64
+// bytes) and the hash keeps the compact listpack encoding (a record with its
+// reason, ~70 bytes, made Redis convert the hash to a hashtable, ~2.5× the
+// memory). Fields starting with a NUL byte are not jails: no jail name
+// starts with one.
 
 // luaLib is prepended to every script.
 const luaLib = `
 local function f(n) return string.format('%.0f', n) end
+-- b36 writes a non-negative integer below 2^53 in base 36.
+local B36 = '0123456789abcdefghijklmnopqrstuvwxyz'
+local function b36(n)
+  local s = ''
+  repeat
+    local d = n % 36
+    s = string.sub(B36, d + 1, d + 1) .. s
+    n = (n - d) / 36
+  until n == 0
+  return s
+end
 -- extend makes key k live at least ms milliseconds from now.
 local function extend(k, ms)
   local t = redis.call('PTTL', k)
   if t == -1 or (t >= 0 and t < ms) then redis.call('PEXPIRE', k, f(ms)) end
 end
-local function expof(rec) return tonumber(string.match(rec, '^%d+')) end
--- putban stores rec as jail's ban on subject, indexes it, counts it and
--- publishes it; seq is the jail's ban counter after this ban.
-local function putban(bkey, idx, stats, events, jail, subject, rec, exp, now, slack, node, maxlen, streamttl)
-  redis.call('HSET', bkey, jail, rec)
+local function expof(rec) return tonumber(string.match(rec, '^%w+'), 36) end
+local NUL = string.char(0)
+-- isjail tells a jail's record field of a ban hash from its other fields.
+local function isjail(field) return string.byte(field, 1) ~= 0 end
+-- records returns the records of a ban hash read with HGETALL, reasons
+-- joined: {jail, record, ...}; only those expiring at or after now when
+-- now is given.
+local function records(h, now)
+  local reason = {}
+  for j = 1, #h, 2 do
+    if string.sub(h[j], 1, 2) == NUL .. 'r' then reason[string.sub(h[j], 3)] = h[j + 1] end
+  end
+  local out = {}
+  for j = 1, #h, 2 do
+    if isjail(h[j]) and (not now or expof(h[j + 1]) >= now) then
+      out[#out + 1] = h[j]; out[#out + 1] = h[j + 1] .. '|' .. (reason[h[j]] or '')
+    end
+  end
+  return out
+end
+-- putban stores rec (without the reason) as jail's ban on subject, indexes
+-- it and publishes it.
+local function putban(bkey, idx, events, jail, subject, rec, reason, exp, now, slack, node, maxlen, streamttl)
+  if reason == '' then
+    redis.call('HSET', bkey, jail, rec)
+    redis.call('HDEL', bkey, NUL .. 'r' .. jail)
+  else
+    redis.call('HSET', bkey, jail, rec, NUL .. 'r' .. jail, reason)
+  end
   local ttl = math.ceil((exp - now) / 1000) + slack
   extend(bkey, ttl)
   redis.call('ZADD', idx, 'GT', f(exp), subject)
   extend(idx, ttl)
-  redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'k', 'ban', 'j', jail, 's', subject, 'r', rec, 'n', node)
+  redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'k', 'ban', 'j', jail, 's', subject, 'r', rec .. '|' .. reason, 'n', node)
   extend(events, streamttl)
 end
--- history counts the bans of (jail, subject) within rwin µs before now,
--- records this one as member m and returns its rank n (1: a first ban).
-local function history(hkey, now, rwin, m, slack, histmax)
+-- history counts the bans of jail on the subject of ban hash bkey within
+-- rwin µs before now, records this one and returns its rank n (1: a first
+-- ban). The times are kept in field NUL h jail, for rwin.
+local function history(bkey, jail, now, rwin, slack, histmax)
   if rwin <= 0 then return 1 end
-  redis.call('ZREMRANGEBYSCORE', hkey, '-inf', f(now - rwin))
-  local n = redis.call('ZCARD', hkey) + 1
-  redis.call('ZADD', hkey, f(now), m)
-  redis.call('ZREMRANGEBYRANK', hkey, 0, -(histmax + 1))
-  extend(hkey, math.ceil(rwin / 1000) + slack)
+  local field = NUL .. 'h' .. jail
+  local old = redis.call('HGET', bkey, field)
+  local ts = {}
+  if old then
+    for x in string.gmatch(old, '%w+') do
+      local t = tonumber(x, 36)
+      if t > now - rwin then ts[#ts + 1] = t end
+    end
+  end
+  local n = #ts + 1
+  local i = #ts + 1
+  while i > 1 and ts[i - 1] > now do i = i - 1 end
+  table.insert(ts, i, now)
+  while #ts > histmax do table.remove(ts, 1) end
+  local parts = {}
+  for k = 1, #ts do parts[k] = b36(ts[k]) end
+  redis.call('HSET', bkey, field, table.concat(parts, ' '))
+  extend(bkey, math.ceil(rwin / 1000) + slack)
   return n
 end
 `
 
 // hitScript records a failure, tests the threshold and bans, atomically.
 //
-//	KEYS: 1 window  2 ban hash  3 recidive history  4 ban index
-//	      5 failing index of the jail  6 stats  7 events
-//	ARGV: 1 now_us  2 now_ns  3 span_us  4 maxretry  5 member ('' = none)
+//	KEYS: 1 window  2 ban hash (with the recidive history)  3 ban index
+//	      4 failing index of the jail  5 stats  6 events
+//	ARGV: 1 now_us  2 now_ns (base 36)  3 span_us  4 maxretry  5 member ('' = none)
 //	      6 bantime_ns  7 recidive window_us  8 factor  9 maxtime_ns
 //	      10 reason  11 jail  12 subject  13 node  14 slack_ms
 //	      15 stream maxlen  16 stream ttl_ms  17 stats ttl_ms  18 history max
@@ -66,22 +131,22 @@ var hitScript = redis.NewScript(luaLib + `
 local now, span, maxretry = tonumber(ARGV[1]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local jail, subject, slack = ARGV[11], ARGV[12], tonumber(ARGV[14])
 local rwin = tonumber(ARGV[7])
-local seq = redis.call('HINCRBY', KEYS[6], 'f:' .. jail, 1)
-redis.call('HSET', KEYS[6], 'rw', ARGV[7])
-extend(KEYS[6], tonumber(ARGV[17]))
+local seq = redis.call('HINCRBY', KEYS[5], 'f:' .. jail, 1)
+redis.call('HSET', KEYS[5], 'rw', ARGV[7])
+extend(KEYS[5], tonumber(ARGV[17]))
 local m = ARGV[5]
 if m == '' then m = f(seq) end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', f(now - span))
 redis.call('ZADD', KEYS[1], f(now), m)
 redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(maxretry + 2))
 local count = redis.call('ZCARD', KEYS[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', f(now))
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', f(now))
 local bantime = tonumber(ARGV[6])
 -- The threshold bans, replacing an active ban of the jail (a new one
 -- within the recidive window, so it escalates).
 if bantime > 0 and count >= maxretry then
-  local bseq = redis.call('HINCRBY', KEYS[6], 'b:' .. jail, 1)
-  local n = history(KEYS[3], now, rwin, f(bseq), slack, tonumber(ARGV[18]))
+  redis.call('HINCRBY', KEYS[5], 'b:' .. jail, 1)
+  local n = history(KEYS[2], jail, now, rwin, slack, tonumber(ARGV[18]))
   -- store.Recidive.Duration, in the same float64 arithmetic.
   local factor, maxt = tonumber(ARGV[8]), tonumber(ARGV[9])
   local d, ds = bantime, ARGV[6]
@@ -96,23 +161,24 @@ if bantime > 0 and count >= maxretry then
   end
   if maxt > 0 and d > maxt then d = maxt; ds = ARGV[9] end
   local exp = now + math.floor(d / 1000)
-  local rec = f(exp) .. '|' .. ARGV[2] .. '|' .. ds .. '|' .. f(n) .. '|' .. ARGV[10]
-  putban(KEYS[2], KEYS[4], KEYS[6], KEYS[7], jail, subject, rec, exp, now, slack, ARGV[13], ARGV[15], tonumber(ARGV[16]))
+  local rec = b36(exp) .. '|' .. ARGV[2] .. '|' .. ds .. '|' .. f(n)
+  putban(KEYS[2], KEYS[3], KEYS[6], jail, subject, rec, ARGV[10], exp, now, slack, ARGV[13], ARGV[15], tonumber(ARGV[16]))
   redis.call('DEL', KEYS[1])
-  redis.call('ZREM', KEYS[5], subject)
-  return {count, rec}
+  redis.call('ZREM', KEYS[4], subject)
+  return {count, rec .. '|' .. ARGV[10]}
 end
-redis.call('ZADD', KEYS[5], f(now + span), subject)
+redis.call('ZADD', KEYS[4], f(now + span), subject)
 local ttl = math.ceil(span / 1000) + slack
-extend(KEYS[5], ttl)
+extend(KEYS[4], ttl)
 redis.call('PEXPIRE', KEYS[1], f(ttl))
 return {count}
 `)
 
 // banScript places (or replaces) a ban given by the caller.
 //
-//	KEYS: 1 ban hash  2 recidive history  3 ban index  4 stats  5 events
-//	ARGV: 1 now_us  2 jail  3 subject  4 expires_us  5 created_ns
+//	KEYS: 1 ban hash (with the recidive history)  2 ban index  3 stats
+//	      4 events
+//	ARGV: 1 now_us  2 jail  3 subject  4 expires_us  5 created_ns (base 36)
 //	      6 duration_ns  7 reason  8 node  9 slack_ms  10 stream maxlen
 //	      11 stream ttl_ms  12 default recidive window_us  13 history max
 //	      14 stats ttl_ms
@@ -123,14 +189,14 @@ return {count}
 // Reply: the record.
 var banScript = redis.NewScript(luaLib + `
 local now, jail, subject, slack = tonumber(ARGV[1]), ARGV[2], ARGV[3], tonumber(ARGV[9])
-local rwin = tonumber(redis.call('HGET', KEYS[4], 'rw') or ARGV[12])
-local bseq = redis.call('HINCRBY', KEYS[4], 'b:' .. jail, 1)
-extend(KEYS[4], tonumber(ARGV[14]))
-local n = history(KEYS[2], now, rwin, f(bseq), slack, tonumber(ARGV[13]))
+local rwin = tonumber(redis.call('HGET', KEYS[3], 'rw') or ARGV[12])
+redis.call('HINCRBY', KEYS[3], 'b:' .. jail, 1)
+extend(KEYS[3], tonumber(ARGV[14]))
+local n = history(KEYS[1], jail, now, rwin, slack, tonumber(ARGV[13]))
 local exp = tonumber(ARGV[4])
-local rec = ARGV[4] .. '|' .. ARGV[5] .. '|' .. ARGV[6] .. '|' .. f(n) .. '|' .. ARGV[7]
-putban(KEYS[1], KEYS[3], KEYS[4], KEYS[5], jail, subject, rec, exp, now, slack, ARGV[8], ARGV[10], tonumber(ARGV[11]))
-return rec
+local rec = b36(exp) .. '|' .. ARGV[5] .. '|' .. ARGV[6] .. '|' .. f(n)
+putban(KEYS[1], KEYS[2], KEYS[4], jail, subject, rec, ARGV[7], exp, now, slack, ARGV[8], ARGV[10], tonumber(ARGV[11]))
+return rec .. '|' .. ARGV[7]
 `)
 
 // checkScript answers a store.Query.
@@ -145,12 +211,10 @@ var checkScript = redis.NewScript(luaLib + `
 local now, n = tonumber(ARGV[1]), tonumber(ARGV[2])
 local out, nb = {0}, 0
 for i = 1, n do
-  local h = redis.call('HGETALL', KEYS[i])
-  for j = 1, #h, 2 do
-    if expof(h[j + 1]) >= now then
-      out[#out + 1] = i; out[#out + 1] = h[j]; out[#out + 1] = h[j + 1]
-      nb = nb + 1
-    end
+  local r = records(redis.call('HGETALL', KEYS[i]), now)
+  for j = 1, #r, 2 do
+    out[#out + 1] = i; out[#out + 1] = r[j]; out[#out + 1] = r[j + 1]
+    nb = nb + 1
   end
 end
 out[1] = nb
@@ -174,19 +238,24 @@ return out
 //	KEYS: 1 ban hash  2 ban index  3 events
 //	ARGV: 1 now_us  2 subject  3 node  4 stream maxlen  5 stream ttl_ms
 //
-// Reply: {jail, record, ...} of the bans lifted.
+// Reply: {jail, record, ...} of the bans lifted. The recidive history in
+// the hash stays.
 var unbanScript = redis.NewScript(luaLib + `
 local now = tonumber(ARGV[1])
 local h = redis.call('HGETALL', KEYS[1])
+local r = records(h)
 local out = {}
-for j = 1, #h, 2 do
-  if expof(h[j + 1]) >= now then
-    out[#out + 1] = h[j]; out[#out + 1] = h[j + 1]
-    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'k', 'unban', 'j', h[j], 's', ARGV[2], 'r', h[j + 1], 'n', ARGV[3])
+for j = 1, #r, 2 do
+  if expof(r[j + 1]) >= now then
+    out[#out + 1] = r[j]; out[#out + 1] = r[j + 1]
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'k', 'unban', 'j', r[j], 's', ARGV[2], 'r', r[j + 1], 'n', ARGV[3])
     extend(KEYS[3], tonumber(ARGV[5]))
   end
 end
-redis.call('DEL', KEYS[1])
+-- The records and reasons go; the recidive history stays (Unban keeps it).
+for j = 1, #h, 2 do
+  if isjail(h[j]) or string.sub(h[j], 1, 2) == NUL .. 'r' then redis.call('HDEL', KEYS[1], h[j]) end
+end
 redis.call('ZREM', KEYS[2], ARGV[2])
 return out
 `)
@@ -205,11 +274,9 @@ local off = tonumber(ARGV[2])
 local subs = redis.call('ZRANGE', KEYS[1], off, off + tonumber(ARGV[3]) - 1)
 local out = {#subs}
 for _, s in ipairs(subs) do
-  local h = redis.call('HGETALL', ARGV[4] .. s)
-  for j = 1, #h, 2 do
-    if expof(h[j + 1]) >= now then
-      out[#out + 1] = s; out[#out + 1] = h[j]; out[#out + 1] = h[j + 1]
-    end
+  local r = records(redis.call('HGETALL', ARGV[4] .. s), now)
+  for j = 1, #r, 2 do
+    out[#out + 1] = s; out[#out + 1] = r[j]; out[#out + 1] = r[j + 1]
   end
 end
 return out
