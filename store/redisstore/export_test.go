@@ -27,3 +27,12 @@ func OpenHeld(ctx context.Context, o Options) (s *Store, queued func() int, rele
 	var once sync.Once
 	return s, func() int { return len(s.b.q) }, func() { once.Do(func() { close(gate) }) }, ch, nil
 }
+
+// WindowKey is the Redis key holding subject's failure window in jail.
+func WindowKey(prefix, jail, subject string) string {
+	k, err := newKeys(prefix)
+	if err != nil {
+		panic(err)
+	}
+	return k.window(jail, subject)
+}

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"errors"
+	"strconv"
 	"strings"
 )
 
@@ -11,11 +12,14 @@ import (
 // base holds a hash tag, so all of them live in one hash slot: Check, Hit and
 // every other call is one script on one node, in Redis Cluster too.
 //
-//	base w:JAIL|SUBJECT  ZSET failure window: member = failure id (or hashed
-//	                     Member), score = time µs; ≤ maxretry+1 entries;
-//	                     TTL findtime from the last failure
-//	base f:JAIL          ZSET subjects failing in JAIL, score = end of their
-//	                     window µs (Stats' Failing); TTL the longest window
+//	base w:JAIL|N        HASH window shard N (0..windowShards-1, by a hash
+//	                     of the subject): field SUBJECT = its failure window,
+//	                     ≤ maxretry+1 times (µs, base 36) with their hashed
+//	                     Member if any (scripts.go); TTL findtime from the
+//	                     last failure in the shard. Fields whose failures
+//	                     are all older than findtime are swept at most once
+//	                     per findtime, by the Hits that write the shard.
+//	                     Stats' Failing counts the live fields.
 //	base b:SUBJECT       HASH per jail: its ban record, reason and recidive
 //	                     history (scripts.go has the fields); TTL its longest
 //	                     ban or recidive window
@@ -29,6 +33,13 @@ import (
 //
 // Every TTL above also has slack added (see Store), so that nodes whose
 // clocks differ by a little never see a live key vanish.
+//
+// Windows are fields of a few shared hashes rather than a key each: a key
+// costs Redis ~150 bytes before its value (its name, the object, the main
+// and the expiry dictionary entries), more than a tracked address's whole
+// window, and a hash of small fields is kept as one compact listpack (~40
+// bytes a field). Redis 7.0 has no expiry per field, hence the
+// sweep.
 type keys struct {
 	base    string
 	banBase string // base + "b:"
@@ -69,11 +80,33 @@ func newKeys(prefix string) (keys, error) {
 // jailEscaper keeps "JAIL|SUBJECT" unambiguous whatever the jail's name.
 var jailEscaper = strings.NewReplacer("%", "%25", "|", "%7C")
 
+// windowShards is the number of window hashes per jail: up to ~100,000
+// tracked subjects per jail a shard holds ~100 fields, short to scan.
+// Beyond ~500 fields (hash-max-listpack-entries, 512 by default, ~500,000
+// subjects) Redis makes a shard a hashtable: ~90 bytes a field instead of
+// ~40, still under a key each.
+const windowShards = 1024
+
+// window is the shard holding subject's failure window in jail (the
+// subject is its field).
 func (k keys) window(jail, subject string) string {
-	return k.base + "w:" + jailEscaper.Replace(jail) + "|" + subject
+	return k.shard(jail, fnv32(subject)%windowShards)
 }
 
-func (k keys) failing(jail string) string { return k.base + "f:" + jail }
+func (k keys) shard(jail string, n uint32) string {
+	return k.base + "w:" + jailEscaper.Replace(jail) + "|" + strconv.FormatUint(uint64(n), 10)
+}
+
+// fnv32 is FNV-1a: the same on every node (unlike maphash).
+func fnv32(s string) uint32 {
+	h := uint32(2166136261)
+	for i := 0; i < len(s); i++ {
+		h ^= uint32(s[i])
+		h *= 16777619
+	}
+	return h
+}
+
 func (k keys) ban(subject string) string  { return k.banBase + subject }
 func (k keys) known(key string) string    { return k.base + "k:" + key }
 

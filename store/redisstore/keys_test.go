@@ -10,10 +10,10 @@ func TestNewKeys(t *testing.T) {
 	tests := []struct {
 		prefix, wantWindow, wantErr string
 	}{
-		{"mailguard:", "mailguard:{mailguard}:w:dovecot|net:192.0.2.1/32", ""},
-		{"site-a:", "site-a:{site-a}:w:dovecot|net:192.0.2.1/32", ""},
-		{"app:{mg}:", "app:{mg}:w:dovecot|net:192.0.2.1/32", ""},
-		{":", ":{mailguard}:w:dovecot|net:192.0.2.1/32", ""},
+		{"mailguard:", "mailguard:{mailguard}:w:dovecot|623", ""},
+		{"site-a:", "site-a:{site-a}:w:dovecot|623", ""},
+		{"app:{mg}:", "app:{mg}:w:dovecot|623", ""},
+		{":", ":{mailguard}:w:dovecot|623", ""},
 		{"app:{}:", "", "empty or unclosed"},
 		{"app:{mg:", "", "empty or unclosed"},
 		{"app:}:", "", "unopened"},
@@ -35,7 +35,7 @@ func TestNewKeys(t *testing.T) {
 		}
 		// Every key starts with the prefix and has the same hash tag.
 		tag := hashTag(k.index)
-		for _, key := range []string{k.window("j", "s"), k.failing("j"), k.ban("user:{x}"), k.index, k.known("k"), k.stats, k.events} {
+		for _, key := range []string{k.window("j", "s"), k.shard("j", windowShards-1), k.ban("user:{x}"), k.index, k.known("k"), k.stats, k.events} {
 			if !strings.HasPrefix(key, tt.prefix) || hashTag(key) != tag {
 				t.Errorf("prefix %q: key %q has tag %q, want prefix and tag %q", tt.prefix, key, hashTag(key), tag)
 			}

@@ -86,10 +86,14 @@ func TestMemoryPerAddress(t *testing.T) {
 		return err
 	})
 	perAddr := (usedMemory(t, admin) - base) / tracked
-	window := memoryUsage(t, admin, "mailguard:{mailguard}:w:dovecot|"+subject(1))
-	index := memoryUsage(t, admin, "mailguard:{mailguard}:f:dovecot")
-	t.Logf("%d tracked addresses in %v: %d bytes each (used_memory delta); MEMORY USAGE: window key %d, failing index %d/address",
-		tracked, time.Since(start).Round(time.Millisecond), perAddr, window, index/tracked)
+	shard := "mailguard:{mailguard}:w:dovecot|7"
+	window := memoryUsage(t, admin, shard)
+	fields, err := admin.HLen(ctx, shard).Result()
+	if err != nil || fields == 0 {
+		t.Fatalf("HLEN %s = %d, %v", shard, fields, err)
+	}
+	t.Logf("%d tracked addresses in %v: %d bytes each (used_memory delta); MEMORY USAGE: window shard %d for %d addresses",
+		tracked, time.Since(start).Round(time.Millisecond), perAddr, window, fields)
 
 	rec := store.Recidive{Window: 24 * time.Hour, Factor: 2, MaxTime: 24 * time.Hour}
 	start, base = time.Now(), usedMemory(t, admin)
@@ -113,8 +117,8 @@ func TestMemoryPerAddress(t *testing.T) {
 	if err != nil || len(bans) != tracked {
 		t.Errorf("Bans() = %d bans, %v; want %d", len(bans), err, tracked)
 	}
-	// README's figures: ~330 bytes per tracked address, ~400 per ban.
-	if perAddr > 500 || perBan > 600 {
-		t.Errorf("memory per address %d B or per ban %d B is far above README's ~330/~400", perAddr, perBan)
+	// README's figures: ~40 bytes per tracked address, ~400 per ban.
+	if perAddr > 100 || perBan > 600 {
+		t.Errorf("memory per address %d B or per ban %d B is far above README's ~40/~400", perAddr, perBan)
 	}
 }

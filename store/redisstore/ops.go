@@ -26,7 +26,7 @@ func (s *Store) Check(ctx context.Context, q store.Query) (store.Answer, error) 
 	now := s.now()
 	nowUS := micros(now)
 	keys := make([]string, 0, len(q.Subjects)+1+len(q.Counts))
-	args := make([]any, 0, 3+len(q.Counts))
+	args := make([]any, 0, 3+2*len(q.Counts))
 	for _, sub := range q.Subjects {
 		keys = append(keys, s.k.ban(sub))
 	}
@@ -41,7 +41,7 @@ func (s *Store) Check(ctx context.Context, q store.Query) (store.Answer, error) 
 			return ans, fmt.Errorf("redisstore: check: window %s %s: span must be positive", w.Jail, w.Subject)
 		}
 		keys = append(keys, s.k.window(w.Jail, w.Subject))
-		args = append(args, durMicros(w.Span))
+		args = append(args, durMicros(w.Span), w.Subject)
 	}
 	v, err := s.b.script(ctx, checkScript, keys, args...).Slice()
 	if err != nil {
@@ -87,8 +87,7 @@ func (s *Store) Hit(ctx context.Context, h store.Hit) (store.HitResult, error) {
 	}
 	now := s.now()
 	keys := []string{
-		s.k.window(h.Jail, h.Subject), s.k.ban(h.Subject),
-		s.k.index, s.k.failing(h.Jail), s.k.stats, s.k.events,
+		s.k.window(h.Jail, h.Subject), s.k.ban(h.Subject), s.k.index, s.k.stats, s.k.events,
 	}
 	rwin := h.Recidive.Window
 	if rwin < 0 {
@@ -225,7 +224,7 @@ func (s *Store) Reset(ctx context.Context, jail string, subject store.Subject) e
 	if s.closed.Load() {
 		return store.ErrClosed
 	}
-	err := s.b.script(ctx, resetScript, []string{s.k.window(jail, subject), s.k.failing(jail)}, subject).Err()
+	err := s.b.script(ctx, resetScript, []string{s.k.window(jail, subject)}, subject).Err()
 	if err != nil {
 		return s.fail("reset", err)
 	}
@@ -247,7 +246,8 @@ func (s *Store) Remember(ctx context.Context, key string, ttl time.Duration) err
 	return nil
 }
 
-// Stats returns the counters of the named jails: one EVALSHA.
+// Stats returns the counters of the named jails: one EVALSHA, then per jail
+// one per page of window shards (failingPage) to count the failing subjects.
 func (s *Store) Stats(ctx context.Context, jails []string) (map[string]store.JailStats, error) {
 	if s.closed.Load() {
 		return nil, store.ErrClosed
@@ -256,19 +256,31 @@ func (s *Store) Stats(ctx context.Context, jails []string) (map[string]store.Jai
 	if len(jails) == 0 {
 		return out, nil
 	}
-	keys := []string{s.k.stats}
-	args := []any{micros(s.now())}
-	for _, j := range jails {
-		keys = append(keys, s.k.failing(j))
-		args = append(args, j)
+	args := make([]any, len(jails))
+	for i, j := range jails {
+		args[i] = j
 	}
-	v, err := statsScript.Run(ctx, s.c, keys, args...).Slice()
+	v, err := statsScript.Run(ctx, s.c, []string{s.k.stats}, args...).Slice()
 	if err != nil {
 		return nil, s.fail("stats", err)
 	}
+	now := micros(s.now())
 	r := reply(v)
 	for _, j := range jails {
-		out[j] = store.JailStats{Failing: r.int(), TotalFailed: r.int64(), TotalBanned: r.int64()}
+		span := r.int64()
+		st := store.JailStats{TotalFailed: r.int64(), TotalBanned: r.int64()}
+		for first := uint32(0); span > 0 && first < windowShards && r.err == nil; first += failingPage {
+			a := []any{now, span}
+			for n := first; n < first+failingPage && n < windowShards; n++ {
+				a = append(a, s.k.shard(j, n))
+			}
+			n, err := failingScript.Run(ctx, s.c, []string{s.k.stats}, a...).Int()
+			if err != nil {
+				return nil, s.fail("stats", err)
+			}
+			st.Failing += n
+		}
+		out[j] = st
 	}
 	if r.err != nil {
 		return nil, s.fail("stats", r.err)

@@ -56,7 +56,7 @@ const (
 
 // errQueueTimeout fails a call that waited for a pipeline longer than the
 // pool timeout: the pipelines in flight are stuck on a stalled Redis.
-var errQueueTimeout = errors.New("queued longer than the pool timeout: Redis is not answering")
+var errQueueTimeout = errors.New("waited longer than the pool timeout for a pipeline")
 
 // batcher owns the queue of calls and the goroutines that send them.
 type batcher struct {

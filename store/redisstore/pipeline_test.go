@@ -44,7 +44,9 @@ func TestBatchPartialFailure(t *testing.T) {
 	}
 	base := prefix + "{" + strings.Trim(prefix, ":") + "}:"
 	wrong := "net:192.0.2.3/32"
-	for _, k := range []string{base + "b:" + wrong, base + "w:j|" + wrong} {
+	// The Hit on wrong counts in a jail of its own, whose window shard is
+	// the wrong type.
+	for _, k := range []string{base + "b:" + wrong, redisstore.WindowKey(prefix, "wrongjail", wrong)} {
 		if err := admin.Set(ctx, k, "not a hash or a zset", time.Hour).Err(); err != nil {
 			t.Fatal(err)
 		}
@@ -77,7 +79,7 @@ func TestBatchPartialFailure(t *testing.T) {
 		hitRes, hitErr = s.Hit(ctx, store.Hit{Jail: "j", Subject: "net:192.0.2.4/32", Span: time.Minute, MaxRetry: 5, BanTime: time.Hour})
 	})
 	wg.Go(func() {
-		wrongHitRes, wrongHitErr = s.Hit(ctx, store.Hit{Jail: "j", Subject: wrong, Span: time.Minute, MaxRetry: 5, BanTime: time.Hour})
+		wrongHitRes, wrongHitErr = s.Hit(ctx, store.Hit{Jail: "wrongjail", Subject: wrong, Span: time.Minute, MaxRetry: 5, BanTime: time.Hour})
 	})
 	wg.Go(func() { resetErr = s.Reset(ctx, "j", failing) })
 	wg.Go(func() { rememberErr = s.Remember(ctx, "user+net:alice@example.org|192.0.2.0/24", time.Hour) })

@@ -63,6 +63,8 @@ const (
 	historyMax = 256
 	// bansPage is how many banned subjects one Bans script reads.
 	bansPage = 1000
+	// failingPage is how many window shards one script of Stats reads.
+	failingPage = 32
 	// watchBlock is how long one XREAD of Watch waits; Watch notices the
 	// end of its context within about this long.
 	watchBlock = time.Second

@@ -3,10 +3,14 @@ package redisstore_test
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/mailguard/mailguard/store"
 	"github.com/mailguard/mailguard/store/redisstore"
@@ -269,5 +273,80 @@ func TestBanUnbanBansKnownStats(t *testing.T) {
 	}
 	if _, err := s.Check(ctx, store.Query{Subjects: []string{"x"}}); err != store.ErrClosed {
 		t.Errorf("Check after Close = %v, want ErrClosed", err)
+	}
+}
+
+// TestWindowSweep: windows are fields of shared shard hashes (keys.go); a
+// window whose failures are all older than findtime is deleted by the next
+// Hit that writes its shard once findtime has passed since the last sweep,
+// and the shard key itself carries a TTL.
+func TestWindowSweep(t *testing.T) {
+	addr := redistest.Start(t)
+	clk := newClock()
+	prefix := freshPrefix(t)
+	s := open(t, redisstore.Options{Addrs: []string{addr}, Prefix: prefix, Now: clk.Now})
+	admin := redis.NewClient(&redis.Options{Addr: addr})
+	defer admin.Close()
+	ctx := context.Background()
+
+	a := "net:192.0.2.1/32"
+	shard := redisstore.WindowKey(prefix, "j", a)
+	var b, c string // two more subjects of the same shard
+	for i := 2; c == ""; i++ {
+		sub := fmt.Sprintf("net:198.51.%d.%d/32", i/256, i%256)
+		if redisstore.WindowKey(prefix, "j", sub) != shard {
+			continue
+		}
+		if b == "" {
+			b = sub
+		} else {
+			c = sub
+		}
+	}
+	hit := func(sub string) {
+		t.Helper()
+		if _, err := s.Hit(ctx, store.Hit{Jail: "j", Subject: sub, Span: time.Minute, MaxRetry: 5, BanTime: time.Hour}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fields := func() []string {
+		t.Helper()
+		f, err := admin.HKeys(ctx, shard).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var subjects []string
+		for _, x := range f {
+			if !strings.HasPrefix(x, "\x00") {
+				subjects = append(subjects, x)
+			}
+		}
+		slices.Sort(subjects)
+		return subjects
+	}
+
+	hit(a) // the first Hit in the shard sweeps (nothing) and notes the time
+	clk.Add(30 * time.Second)
+	hit(b) // a's failure is 30 s old: live; no sweep within a minute
+	clk.Add(40 * time.Second)
+	hit(b) // a's failure is 70 s old and the last sweep 70 s ago: swept
+	if got, want := fields(), []string{b}; !slices.Equal(got, want) {
+		t.Errorf("shard fields after the sweep = %q, want %q", got, want)
+	}
+	clk.Add(20 * time.Second)
+	hit(c) // b's failures are 20 and 60 s old; the last sweep was 20 s ago: none
+	if got := fields(); len(got) != 2 {
+		t.Errorf("shard fields = %q, want b and c", got)
+	}
+	st, err := s.Stats(ctx, []string{"j"})
+	if err != nil || st["j"].Failing != 2 || st["j"].TotalFailed != 4 {
+		t.Errorf("Stats = %+v, %v; want 2 failing, 4 failed", st, err)
+	}
+	clk.Add(61 * time.Second) // every failure is now older than findtime
+	if st, err := s.Stats(ctx, []string{"j"}); err != nil || st["j"].Failing != 0 {
+		t.Errorf("Stats a minute later = %+v, %v; want 0 failing", st, err)
+	}
+	if ttl, err := admin.PTTL(ctx, shard).Result(); err != nil || ttl <= 0 || ttl > 2*time.Minute+time.Second {
+		t.Errorf("PTTL %s = %v, %v; want findtime plus slack", shard, ttl, err)
 	}
 }

@@ -90,6 +90,40 @@ local function putban(bkey, idx, events, jail, subject, rec, reason, exp, now, s
   redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'k', 'ban', 'j', jail, 's', subject, 'r', rec .. '|' .. reason, 'n', node)
   extend(events, streamttl)
 end
+-- Failure windows (keys.go): field subject of a window shard holds the
+-- failures of that subject as space-separated entries, ascending by time:
+-- the time in µs, base 36, then the member ('~...') if the Hit named one.
+-- wparse reads one into times and members.
+local function wparse(v)
+  local ts, ms = {}, {}
+  if v then
+    for t, m in string.gmatch(v, '(%w+)(~?[^ ]*)') do
+      ts[#ts + 1] = tonumber(t, 36); ms[#ms + 1] = m
+    end
+  end
+  return ts, ms
+end
+-- wlive counts the failures of window value v after cut µs.
+local function wlive(v, cut)
+  local n = 0
+  if v then
+    for t in string.gmatch(v, '(%w+)~?[^ ]*') do
+      if tonumber(t, 36) > cut then n = n + 1 end
+    end
+  end
+  return n
+end
+-- wsweep deletes the fields of shard k with no failure after cut, at most
+-- once per span: field NUL s holds the time of the last sweep.
+local function wsweep(k, now, span)
+  local last = tonumber(redis.call('HGET', k, NUL .. 's') or '')
+  if last and last <= now and now - last < span then return end
+  local h = redis.call('HGETALL', k)
+  for j = 1, #h, 2 do
+    if isjail(h[j]) and wlive(h[j + 1], now - span) == 0 then redis.call('HDEL', k, h[j]) end
+  end
+  redis.call('HSET', k, NUL .. 's', f(now))
+end
 -- history counts the bans of jail on the subject of ban hash bkey within
 -- rwin µs before now, records this one and returns its rank n (1: a first
 -- ban). The times are kept in field NUL h jail, for rwin.
@@ -119,33 +153,39 @@ end
 
 // hitScript records a failure, tests the threshold and bans, atomically.
 //
-//	KEYS: 1 window  2 ban hash (with the recidive history)  3 ban index
-//	      4 failing index of the jail  5 stats  6 events
+//	KEYS: 1 window shard  2 ban hash (with the recidive history)
+//	      3 ban index  4 stats  5 events
 //	ARGV: 1 now_us  2 now_ns (base 36)  3 span_us  4 maxretry  5 member ('' = none)
 //	      6 bantime_ns  7 recidive window_us  8 factor  9 maxtime_ns
 //	      10 reason  11 jail  12 subject  13 node  14 slack_ms
 //	      15 stream maxlen  16 stream ttl_ms  17 stats ttl_ms  18 history max
 //
-// Reply: {count} or {count, record} when this hit banned.
+// The jail's span is kept in stats (s:JAIL) for Stats' count of failing
+// subjects. Reply: {count} or {count, record} when this hit banned.
 var hitScript = redis.NewScript(luaLib + `
 local now, span, maxretry = tonumber(ARGV[1]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local jail, subject, slack = ARGV[11], ARGV[12], tonumber(ARGV[14])
 local rwin = tonumber(ARGV[7])
-local seq = redis.call('HINCRBY', KEYS[5], 'f:' .. jail, 1)
-redis.call('HSET', KEYS[5], 'rw', ARGV[7])
-extend(KEYS[5], tonumber(ARGV[17]))
+redis.call('HINCRBY', KEYS[4], 'f:' .. jail, 1)
+redis.call('HSET', KEYS[4], 'rw', ARGV[7], 's:' .. jail, ARGV[3])
+extend(KEYS[4], tonumber(ARGV[17]))
 local m = ARGV[5]
-if m == '' then m = f(seq) end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', f(now - span))
-redis.call('ZADD', KEYS[1], f(now), m)
-redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(maxretry + 2))
-local count = redis.call('ZCARD', KEYS[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', f(now))
+local ts, ms = wparse(redis.call('HGET', KEYS[1], subject))
+-- Keep the failures inside the window; a member seen again moves to now.
+local t2, m2 = {}, {}
+for i = 1, #ts do
+  if ts[i] > now - span and (m == '' or ms[i] ~= m) then t2[#t2 + 1] = ts[i]; m2[#m2 + 1] = ms[i] end
+end
+local i = #t2 + 1
+while i > 1 and t2[i - 1] > now do i = i - 1 end
+table.insert(t2, i, now); table.insert(m2, i, m)
+while #t2 > maxretry + 1 do table.remove(t2, 1); table.remove(m2, 1) end
+local count = #t2
 local bantime = tonumber(ARGV[6])
 -- The threshold bans, replacing an active ban of the jail (a new one
 -- within the recidive window, so it escalates).
 if bantime > 0 and count >= maxretry then
-  redis.call('HINCRBY', KEYS[5], 'b:' .. jail, 1)
+  redis.call('HINCRBY', KEYS[4], 'b:' .. jail, 1)
   local n = history(KEYS[2], jail, now, rwin, slack, tonumber(ARGV[18]))
   -- store.Recidive.Duration, in the same float64 arithmetic.
   local factor, maxt = tonumber(ARGV[8]), tonumber(ARGV[9])
@@ -162,15 +202,15 @@ if bantime > 0 and count >= maxretry then
   if maxt > 0 and d > maxt then d = maxt; ds = ARGV[9] end
   local exp = now + math.floor(d / 1000)
   local rec = b36(exp) .. '|' .. ARGV[2] .. '|' .. ds .. '|' .. f(n)
-  putban(KEYS[2], KEYS[3], KEYS[6], jail, subject, rec, ARGV[10], exp, now, slack, ARGV[13], ARGV[15], tonumber(ARGV[16]))
-  redis.call('DEL', KEYS[1])
-  redis.call('ZREM', KEYS[4], subject)
+  putban(KEYS[2], KEYS[3], KEYS[5], jail, subject, rec, ARGV[10], exp, now, slack, ARGV[13], ARGV[15], tonumber(ARGV[16]))
+  redis.call('HDEL', KEYS[1], subject)
   return {count, rec .. '|' .. ARGV[10]}
 end
-redis.call('ZADD', KEYS[4], f(now + span), subject)
-local ttl = math.ceil(span / 1000) + slack
-extend(KEYS[4], ttl)
-redis.call('PEXPIRE', KEYS[1], f(ttl))
+local parts = {}
+for k = 1, #t2 do parts[k] = b36(t2[k]) .. m2[k] end
+redis.call('HSET', KEYS[1], subject, table.concat(parts, ' '))
+extend(KEYS[1], math.ceil(span / 1000) + slack)
+wsweep(KEYS[1], now, span)
 return {count}
 `)
 
@@ -202,9 +242,9 @@ return rec .. '|' .. ARGV[7]
 // checkScript answers a store.Query.
 //
 //	KEYS: the ban hashes of the n subjects, then the known-device key if
-//	      any, then the windows
+//	      any, then the window shards
 //	ARGV: 1 now_us  2 n  3 '1' if a known-device key is given  4.. span_us
-//	      of each window
+//	      and subject of each window
 //
 // Reply: {nbans, (subject index, jail, record) × nbans, known, counts...}.
 var checkScript = redis.NewScript(luaLib + `
@@ -226,8 +266,8 @@ if ARGV[3] == '1' then
   k = k + 1
 end
 out[#out + 1] = known
-for w = 4, #ARGV do
-  out[#out + 1] = redis.call('ZCOUNT', KEYS[k], '(' .. f(now - tonumber(ARGV[w])), '+inf')
+for w = 4, #ARGV, 2 do
+  out[#out + 1] = wlive(redis.call('HGET', KEYS[k], ARGV[w + 1]), now - tonumber(ARGV[w]))
   k = k + 1
 end
 return out
@@ -284,28 +324,45 @@ return out
 
 // resetScript forgets the failures of a subject in a jail.
 //
-//	KEYS: 1 window  2 failing index of the jail
+//	KEYS: 1 window shard
 //	ARGV: 1 subject
 var resetScript = redis.NewScript(`
-redis.call('DEL', KEYS[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[1], ARGV[1])
 return 1
 `)
 
 // statsScript reads the counters of some jails.
 //
-//	KEYS: 1 stats, then the failing index of each jail
-//	ARGV: 1 now_us, then the jail names
+//	KEYS: 1 stats
+//	ARGV: the jail names
 //
-// Reply: {failing, total failed, total banned} per jail.
-var statsScript = redis.NewScript(luaLib + `
-local now = tonumber(ARGV[1])
+// Reply: {span_us or 0, total failed, total banned} per jail.
+var statsScript = redis.NewScript(`
 local out = {}
-for i = 2, #ARGV do
-  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', f(now))
-  out[#out + 1] = redis.call('ZCARD', KEYS[i])
+for i = 1, #ARGV do
+  out[#out + 1] = redis.call('HGET', KEYS[1], 's:' .. ARGV[i]) or '0'
   out[#out + 1] = redis.call('HGET', KEYS[1], 'f:' .. ARGV[i]) or '0'
   out[#out + 1] = redis.call('HGET', KEYS[1], 'b:' .. ARGV[i]) or '0'
 end
 return out
+`)
+
+// failingScript counts the subjects with a failure inside the window in
+// some window shards of one jail. The shards are not in KEYS (Stats reads
+// them in pages) but share the store's hash slot, which KEYS names.
+//
+//	KEYS: 1 stats (for the slot only)
+//	ARGV: 1 now_us  2 span_us  3.. shard keys
+//
+// Reply: the count.
+var failingScript = redis.NewScript(luaLib + `
+local cut = tonumber(ARGV[1]) - tonumber(ARGV[2])
+local n = 0
+for i = 3, #ARGV do
+  local h = redis.call('HGETALL', ARGV[i])
+  for j = 1, #h, 2 do
+    if isjail(h[j]) and wlive(h[j + 1], cut) > 0 then n = n + 1 end
+  end
+end
+return n
 `)
