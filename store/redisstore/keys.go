@@ -107,8 +107,8 @@ func fnv32(s string) uint32 {
 	return h
 }
 
-func (k keys) ban(subject string) string  { return k.banBase + subject }
-func (k keys) known(key string) string    { return k.base + "k:" + key }
+func (k keys) ban(subject string) string { return k.banBase + subject }
+func (k keys) known(key string) string   { return k.base + "k:" + key }
 
 // member turns a Hit.Member (guard passes prefix|user|password hash) into a
 // short opaque window member: Redis never holds the password hash, and a
