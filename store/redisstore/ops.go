@@ -94,7 +94,7 @@ func (s *Store) Hit(ctx context.Context, h store.Hit) (store.HitResult, error) {
 		rwin = 0
 	}
 	v, err := s.b.script(ctx, hitScript, keys,
-		micros(now), strconv.FormatInt(now.UnixNano(), 36), durMicros(h.Span), h.MaxRetry,
+		micros(now), strconv.FormatInt(now.UnixNano(), 10), durMicros(h.Span), h.MaxRetry,
 		member(h.Member), max(int64(h.BanTime), 0), durMicros(rwin),
 		strconv.FormatFloat(h.Recidive.Factor, 'g', -1, 64), max(int64(h.Recidive.MaxTime), 0),
 		h.Reason, h.Jail, h.Subject, s.node, slack.Milliseconds(),
@@ -136,7 +136,7 @@ func (s *Store) Ban(ctx context.Context, b store.Ban) (store.Ban, error) {
 	keys := []string{s.k.ban(b.Subject), s.k.index, s.k.stats, s.k.events}
 	rec, err := banScript.Run(ctx, s.c, keys,
 		micros(now), b.Jail, b.Subject, micros(b.Expires),
-		strconv.FormatInt(b.Created.UnixNano(), 36), int64(b.Expires.Sub(b.Created)),
+		strconv.FormatInt(b.Created.UnixNano(), 10), int64(b.Expires.Sub(b.Created)),
 		b.Reason, s.node, slack.Milliseconds(), streamMaxLen, streamTTL.Milliseconds(),
 		durMicros(defaultRecidiveWindow), historyMax, statsTTL.Milliseconds(),
 	).Text()
@@ -294,7 +294,7 @@ func decodeBan(jail, subject, rec string) (store.Ban, error) {
 	if len(f) != 5 {
 		return store.Ban{}, fmt.Errorf("bad ban record %q", rec)
 	}
-	created, err1 := strconv.ParseInt(f[1], 36, 64)
+	created, err1 := strconv.ParseInt(f[1], 10, 64)
 	d, err2 := strconv.ParseInt(f[2], 10, 64)
 	nth, err3 := strconv.Atoi(f[3])
 	if err := errors.Join(err1, err2, err3); err != nil {

@@ -10,7 +10,7 @@
 // All of a store's keys share one hash tag (keys.go has the schema), so Check
 // and Hit stay single commands in Cluster too; the price is that one Cluster
 // master holds all of one site's mailguard state (measured: ~11 µs of Redis
-// CPU per Check, ~17 µs per Hit, ~330 bytes per tracked address, ~400 per
+// CPU per Check, ~17 µs per Hit, ~40 bytes per tracked address, ~420 per
 // ban): Cluster gives mailguard failover and a shared deployment, not
 // sharding.
 //

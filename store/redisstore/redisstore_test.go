@@ -350,3 +350,39 @@ func TestWindowSweep(t *testing.T) {
 		t.Errorf("PTTL %s = %v, %v; want findtime plus slack", shard, ttl, err)
 	}
 }
+
+// TestBanOfEarlierVersion: a ban written by an earlier version (its reason
+// inside the record) is still seen by Check, Bans and Unban after an upgrade.
+func TestBanOfEarlierVersion(t *testing.T) {
+	addr := redistest.Start(t)
+	clk := newClock()
+	prefix := freshPrefix(t)
+	s := open(t, redisstore.Options{Addrs: []string{addr}, Prefix: prefix, Now: clk.Now})
+	admin := redis.NewClient(&redis.Options{Addr: addr})
+	defer admin.Close()
+	ctx := context.Background()
+
+	sub := "net:192.0.2.9/32"
+	created := clk.Now().Add(-time.Minute)
+	want := store.Ban{Jail: "dovecot", Subject: sub, Created: created.UTC(), Expires: created.Add(time.Hour).UTC(), Nth: 2, Reason: "auth-failure imap|old"}
+	base := prefix + "{" + strings.Trim(prefix, ":") + "}:"
+	rec := fmt.Sprintf("%d|%d|%d|2|auth-failure imap|old", want.Expires.UnixMicro(), created.UnixNano(), int64(time.Hour))
+	if err := admin.HSet(ctx, base+"b:"+sub, "dovecot", rec).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := admin.ZAdd(ctx, base+"bx", redis.Z{Score: float64(want.Expires.UnixMicro()), Member: sub}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if a, err := s.Check(ctx, store.Query{Subjects: []string{sub}}); err != nil || len(a.Bans) != 1 || a.Bans[0] != want {
+		t.Errorf("Check = %+v, %v; want %+v", a, err, want)
+	}
+	if bans, err := s.Bans(ctx); err != nil || len(bans) != 1 || bans[0] != want {
+		t.Errorf("Bans = %+v, %v; want %+v", bans, err, want)
+	}
+	if lifted, err := s.Unban(ctx, sub); err != nil || len(lifted) != 1 || lifted[0] != want {
+		t.Errorf("Unban = %+v, %v; want %+v", lifted, err, want)
+	}
+	if a, err := s.Check(ctx, store.Query{Subjects: []string{sub}}); err != nil || len(a.Bans) != 0 {
+		t.Errorf("Check after Unban = %+v, %v; want no ban", a, err)
+	}
+}

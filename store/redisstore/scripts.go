@@ -16,15 +16,14 @@ import "github.com/redis/go-redis/v9"
 //
 //	expires_us|created_ns|duration_ns|nth|reason
 //
-// with expires_us and created_ns in base 36 (10 and 12 digits instead of 16
-// and 19: the record is stored once per ban). Scripts compare expires_us
-// with now (coarse, µs); Go rebuilds the exact
+// Scripts compare expires_us with now (coarse, µs); Go rebuilds the exact
 // Expires = created + duration and filters again at nanosecond precision.
 //
 // The ban hash of a subject (keys.go) holds, per jail J:
 //
 //	J        expires_us|created_ns|duration_ns|nth (the record without the
-//	         reason: ≤ 46 bytes)
+//	         reason: ≤ 60 bytes); a record written by an earlier version
+//	         holds its reason too (4 or more '|'), and is read as it is
 //	\0r J    the reason, when not empty
 //	\0h J    the recidive history: ban times in µs, base 36, ascending,
 //	         space-separated
@@ -54,7 +53,7 @@ local function extend(k, ms)
   local t = redis.call('PTTL', k)
   if t == -1 or (t >= 0 and t < ms) then redis.call('PEXPIRE', k, f(ms)) end
 end
-local function expof(rec) return tonumber(string.match(rec, '^%w+'), 36) end
+local function expof(rec) return tonumber(string.match(rec, '^%d+')) end
 local NUL = string.char(0)
 -- isjail tells a jail's record field of a ban hash from its other fields.
 local function isjail(field) return string.byte(field, 1) ~= 0 end
@@ -69,7 +68,9 @@ local function records(h, now)
   local out = {}
   for j = 1, #h, 2 do
     if isjail(h[j]) and (not now or expof(h[j + 1]) >= now) then
-      out[#out + 1] = h[j]; out[#out + 1] = h[j + 1] .. '|' .. (reason[h[j]] or '')
+      local rec = h[j + 1]
+      if select(2, string.gsub(rec, '|', '|')) < 4 then rec = rec .. '|' .. (reason[h[j]] or '') end
+      out[#out + 1] = h[j]; out[#out + 1] = rec
     end
   end
   return out
@@ -155,7 +156,7 @@ end
 //
 //	KEYS: 1 window shard  2 ban hash (with the recidive history)
 //	      3 ban index  4 stats  5 events
-//	ARGV: 1 now_us  2 now_ns (base 36)  3 span_us  4 maxretry  5 member ('' = none)
+//	ARGV: 1 now_us  2 now_ns  3 span_us  4 maxretry  5 member ('' = none)
 //	      6 bantime_ns  7 recidive window_us  8 factor  9 maxtime_ns
 //	      10 reason  11 jail  12 subject  13 node  14 slack_ms
 //	      15 stream maxlen  16 stream ttl_ms  17 stats ttl_ms  18 history max
@@ -201,7 +202,7 @@ if bantime > 0 and count >= maxretry then
   end
   if maxt > 0 and d > maxt then d = maxt; ds = ARGV[9] end
   local exp = now + math.floor(d / 1000)
-  local rec = b36(exp) .. '|' .. ARGV[2] .. '|' .. ds .. '|' .. f(n)
+  local rec = f(exp) .. '|' .. ARGV[2] .. '|' .. ds .. '|' .. f(n)
   putban(KEYS[2], KEYS[3], KEYS[5], jail, subject, rec, ARGV[10], exp, now, slack, ARGV[13], ARGV[15], tonumber(ARGV[16]))
   redis.call('HDEL', KEYS[1], subject)
   return {count, rec .. '|' .. ARGV[10]}
@@ -218,7 +219,7 @@ return {count}
 //
 //	KEYS: 1 ban hash (with the recidive history)  2 ban index  3 stats
 //	      4 events
-//	ARGV: 1 now_us  2 jail  3 subject  4 expires_us  5 created_ns (base 36)
+//	ARGV: 1 now_us  2 jail  3 subject  4 expires_us  5 created_ns
 //	      6 duration_ns  7 reason  8 node  9 slack_ms  10 stream maxlen
 //	      11 stream ttl_ms  12 default recidive window_us  13 history max
 //	      14 stats ttl_ms
@@ -234,7 +235,7 @@ redis.call('HINCRBY', KEYS[3], 'b:' .. jail, 1)
 extend(KEYS[3], tonumber(ARGV[14]))
 local n = history(KEYS[1], jail, now, rwin, slack, tonumber(ARGV[13]))
 local exp = tonumber(ARGV[4])
-local rec = b36(exp) .. '|' .. ARGV[5] .. '|' .. ARGV[6] .. '|' .. f(n)
+local rec = ARGV[4] .. '|' .. ARGV[5] .. '|' .. ARGV[6] .. '|' .. f(n)
 putban(KEYS[1], KEYS[2], KEYS[4], jail, subject, rec, ARGV[7], exp, now, slack, ARGV[8], ARGV[10], tonumber(ARGV[11]))
 return rec .. '|' .. ARGV[7]
 `)
