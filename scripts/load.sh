@@ -7,7 +7,8 @@
 # store runs mailguard serve on a throwaway config and drives the floor and
 # mailguard alternately with the same load (bin/mailguard-load). With the
 # Redis store it also runs redis-benchmark GET (unpipelined, CONNS clients)
-# against the same Redis: the Redis floor. It ends with a table of
+# against the same Redis, just before mailguard's Postfix load with the Redis
+# store: the Redis floor. It ends with a table of
 # mailguard's throughput as a ratio of each floor.
 #
 #   STORES="memory redis"  the stores to measure (store.backend)
@@ -225,6 +226,7 @@ EOF
 	local dvargs=(-api-header "Authorization: Bearer $key" -fail-ratio "$FAIL_RATIO")
 	measure "floor-postfix-$st" "$floor_pid" "floor, postfix policy: $CONNS connections, $DURATION, users $POSTFIX_USERS" \
 		-policy "127.0.0.1:$floor_pf" "${pfargs[@]}"
+	[ "$st" != redis ] || redis_bench
 	profile "$mp" "postfix-$st"
 	measure "postfix-$st" "$dpid" "mailguard ($st store), postfix policy: $CONNS connections, $DURATION, users $POSTFIX_USERS" \
 		-policy "127.0.0.1:$pf" "${pfargs[@]}"
@@ -261,7 +263,6 @@ redis_bench() {
 
 for st in $STORES; do
 	run_store "$st"
-	[ "$st" != redis ] || redis_bench
 done
 
 ratio() { awk -v a="${1:-0}" -v b="${2:-0}" 'BEGIN { if (a > 0 && b > 0) printf "%.2f", a / b; else printf "-" }'; }
