@@ -49,7 +49,8 @@ test: deps lint
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
 
-# load runs the daemon on a throwaway config and drives it with the load tool.
+# load measures both front ends, embedded and Redis store, against the load
+# tool's do-nothing floor (and redis-benchmark GET), in one run: see README.
 load: build
 	./scripts/load.sh
 

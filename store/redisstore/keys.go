@@ -82,9 +82,10 @@ var jailEscaper = strings.NewReplacer("%", "%25", "|", "%7C")
 
 // windowShards is the number of window hashes per jail: up to ~100,000
 // tracked subjects per jail a shard holds ~100 fields, short to scan.
-// Beyond ~500 fields (hash-max-listpack-entries, 512 by default, ~500,000
-// subjects) Redis makes a shard a hashtable: ~90 bytes a field instead of
-// ~40, still under a key each.
+// Beyond 512 fields (hash-max-listpack-entries, ~500,000 subjects), or
+// with a value over 64 bytes (a window of 3 or more distinct passwords),
+// Redis makes a shard a hashtable: ~100–200 bytes a field instead of ~40,
+// still under a key each.
 const windowShards = 1024
 
 // window is the shard holding subject's failure window in jail (the
