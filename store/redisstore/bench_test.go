@@ -105,3 +105,24 @@ func reportServerTime(b *testing.B, addr string) func() {
 		}
 	}
 }
+
+// BenchmarkCheckAlone is one caller at a time: the latency of an idle
+// node's check, which auto-pipelining must not delay (it goes out at once).
+func BenchmarkCheckAlone(b *testing.B) {
+	addr := redistest.Start(b)
+	s := open(b, redisstore.Options{Addrs: []string{addr}, Prefix: freshPrefix(b)})
+	ctx := context.Background()
+	q := store.Query{
+		Subjects: []string{"net:198.51.100.7/32", "user:alice@example.org"},
+		Counts:   []store.Window{{Jail: "dovecot", Subject: "net:198.51.100.7/32", Span: 10 * time.Minute}},
+	}
+	if _, err := s.Check(ctx, q); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := s.Check(ctx, q); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -10,11 +10,11 @@ import (
 // Client returns the store's go-redis client, for tests that count commands.
 func (s *Store) Client() redis.UniversalClient { return s.c }
 
-// OpenHeld opens a store with one batcher that takes nothing from its queue
-// until release is called, so that the calls made meanwhile go out as one
-// pipeline; sizes receives the size of every pipeline sent, and queued
-// tells how many calls wait.
-func OpenHeld(ctx context.Context, o Options) (s *Store, queued func() int, release func(), sizes <-chan int, err error) {
+// OpenHeld opens a store that sends one pipeline at a time, and whose
+// first pipeline waits, once its first call is in, until release is called:
+// held reports that wait, queued the calls queued meanwhile, which join that
+// pipeline. sizes receives the size of every pipeline sent.
+func OpenHeld(ctx context.Context, o Options) (s *Store, held func() bool, queued func() int, release func(), sizes <-chan int, err error) {
 	gate := make(chan struct{})
 	ch := make(chan int, 64)
 	s, err = open(ctx, o, func(b *batcher) {
@@ -22,10 +22,15 @@ func OpenHeld(ctx context.Context, o Options) (s *Store, queued func() int, rele
 		b.onBatch = func(n int) { ch <- n }
 	})
 	if err != nil {
-		return nil, nil, nil, nil, err
+		return nil, nil, nil, nil, nil, err
 	}
 	var once sync.Once
-	return s, func() int { return len(s.b.q) }, func() { once.Do(func() { close(gate) }) }, ch, nil
+	return s, s.b.held.Load, func() int {
+			s.b.mu.Lock()
+			defer s.b.mu.Unlock()
+			return len(s.b.queue)
+		}, func() { once.Do(func() { close(gate) }) },
+		ch, nil
 }
 
 // WindowKey is the Redis key holding subject's failure window in jail.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -12,17 +13,18 @@ import (
 )
 
 // Auto-pipelining. The calls of the request path (Check, Hit, Remember,
-// Reset) do not take a pooled connection each: they queue, and a few batcher
-// goroutines send what is queued as one go-redis pipeline, so that Redis and
-// the daemon pay one read and one write syscall per batch instead of per
-// request.
+// Reset) do not take a pooled connection each: while pipelines are in
+// flight they queue, and the queued calls are sent together as one go-redis
+// pipeline, so that Redis and the daemon pay one read and one write syscall
+// per batch instead of per request.
 //
-//   - An idle store sends a call at once: a batcher waits on the queue and
-//     takes the call as soon as it is queued; there is no timer.
-//   - Calls that arrive while every batcher has a pipeline in flight wait for
-//     the first batcher to come back, which takes all of them (at most
-//     maxBatch) as its next pipeline: the wait is bounded by one round trip
-//     and the batch by maxBatch.
+//   - An idle store sends a call at once, from the caller's own goroutine:
+//     no hand-off, no timer, so a quiet node's latency does not grow.
+//   - A call that arrives while `pipelines` pipelines are in flight queues.
+//     When a pipeline returns, its sender (the caller that sent it, or the
+//     goroutine it handed over to) takes everything queued, at most
+//     maxBatch calls, as the next pipeline: a queued call waits for one
+//     round trip at most, and its caller is answered from that pipeline.
 //   - Each call stays one EVALSHA (or SET) with its own reply and error: a
 //     script error (WRONGTYPE, a failed script) fails that call only; a
 //     connection error fails the calls of that pipeline only, which answer
@@ -43,34 +45,35 @@ import (
 // and may replay a command Redis already ran after a connection failure,
 // which could count a Hit twice, so it is not used.
 const (
-	// pipelines is the number of batchers, so of pipelines in flight at
-	// once: one being sent or read while another runs in Redis.
+	// pipelines is the number of pipelines in flight at once: one being
+	// sent or read while another runs in Redis.
 	pipelines = 2
 	// maxBatch bounds one pipeline (at ~15 µs of Redis CPU per script, a full
 	// batch is ~2 ms of Redis time).
 	maxBatch = 128
-	// queueLen bounds the calls waiting for a batcher; a caller blocks (until
-	// its context ends) when it is full.
-	queueLen = 4096
 )
 
 // errQueueTimeout fails a call that waited for a pipeline longer than the
 // pool timeout: the pipelines in flight are stuck on a stalled Redis.
 var errQueueTimeout = errors.New("waited longer than the pool timeout for a pipeline")
 
-// batcher owns the queue of calls and the goroutines that send them.
+// batcher owns the queue of calls and the pipelines in flight.
 type batcher struct {
 	c    redis.UniversalClient
-	q    chan *call
 	done <-chan struct{} // the store's: closed by Close
 	wait time.Duration   // the longest a call may wait in the queue
-	n    int             // batchers to start
-	wg   sync.WaitGroup
+	n    int             // pipelines in flight at most
+	wg   sync.WaitGroup  // the goroutines senders hand over to
+
+	mu     sync.Mutex
+	queue  []*call
+	active int // pipelines being sent
 
 	// Test seams (export_test.go); nil in production. gate, when set, is
-	// received from before a batcher takes a batch from the queue; onBatch
-	// is told the size of every pipeline sent.
+	// received from by a sender before it takes the queued calls (held is
+	// set while it waits); onBatch is told the size of every pipeline sent.
 	gate    chan struct{}
+	held    atomic.Bool
 	onBatch func(n int)
 }
 
@@ -90,14 +93,7 @@ type call struct {
 }
 
 func newBatcher(c redis.UniversalClient, done <-chan struct{}, wait time.Duration) *batcher {
-	return &batcher{c: c, q: make(chan *call, queueLen), done: done, wait: wait, n: pipelines}
-}
-
-// start starts the batchers; they stop when done is closed (join with wg).
-func (b *batcher) start() {
-	for range b.n {
-		b.wg.Go(b.run)
-	}
+	return &batcher{c: c, done: done, wait: wait, n: pipelines}
 }
 
 // script runs s as one call of a pipeline and returns its reply.
@@ -120,17 +116,21 @@ func (b *batcher) set(ctx context.Context, key string, value any, ttl time.Durat
 	return c.cmd.Err()
 }
 
-// do queues c and waits until its pipeline is answered, ctx ends or the
-// store closes. An abandoned call may still be sent; its reply is dropped.
+// do sends c at once when fewer than n pipelines are in flight, with
+// whatever is queued; otherwise it queues c and waits until a pipeline
+// answers it, ctx ends or the store closes. An abandoned call may still be
+// sent; its reply is dropped.
 func (b *batcher) do(ctx context.Context, c *call) error {
 	c.ctx, c.queued, c.done = ctx, time.Now(), make(chan struct{})
-	select {
-	case b.q <- c:
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-b.done:
-		return store.ErrClosed
+	b.mu.Lock()
+	if b.active < b.n {
+		b.active++
+		b.mu.Unlock()
+		b.send(c)
+		return c.err
 	}
+	b.queue = append(b.queue, c)
+	b.mu.Unlock()
 	select {
 	case <-c.done:
 		return c.err
@@ -141,35 +141,65 @@ func (b *batcher) do(ctx context.Context, c *call) error {
 	}
 }
 
-func (b *batcher) run() {
-	batch := make([]*call, 0, maxBatch)
+// send sends own and the queued calls as one pipeline, then, if calls were
+// queued meanwhile, hands the sending over to a goroutine so that own's
+// caller is answered now. It holds one of the n pipeline turns.
+func (b *batcher) send(own *call) {
+	if b.gate != nil {
+		b.held.Store(true)
+		<-b.gate
+	}
+	b.mu.Lock()
+	batch := b.take(own)
+	b.mu.Unlock()
+	b.exec(batch)
+	b.mu.Lock()
+	if len(b.queue) == 0 {
+		b.active--
+		b.mu.Unlock()
+		return
+	}
+	b.mu.Unlock()
+	b.wg.Go(b.drain)
+}
+
+// drain sends the queued calls, a pipeline at a time, until none is left.
+// It holds one of the n pipeline turns.
+func (b *batcher) drain() {
 	for {
-		if b.gate != nil {
-			select {
-			case <-b.gate:
-			case <-b.done:
-				return
-			}
-		}
-		select {
-		case c := <-b.q:
-			batch = append(batch, c)
-		case <-b.done:
+		b.mu.Lock()
+		if len(b.queue) == 0 {
+			b.active--
+			b.mu.Unlock()
 			return
 		}
-	fill:
-		for len(batch) < maxBatch {
-			select {
-			case c := <-b.q:
-				batch = append(batch, c)
-			default:
-				break fill
+		batch := b.take(nil)
+		b.mu.Unlock()
+		select {
+		case <-b.done:
+			for _, c := range batch {
+				c.finish(store.ErrClosed)
 			}
+			continue
+		default:
 		}
 		b.exec(batch)
-		clear(batch)
-		batch = batch[:0]
 	}
+}
+
+// take returns own (if not nil) and up to maxBatch queued calls, removing
+// them from the queue. b.mu must be held.
+func (b *batcher) take(own *call) []*call {
+	n := min(len(b.queue), maxBatch)
+	batch := make([]*call, 0, n+1)
+	if own != nil {
+		batch = append(batch, own)
+	}
+	batch = append(batch, b.queue[:n]...)
+	rest := copy(b.queue, b.queue[n:])
+	clear(b.queue[rest:])
+	b.queue = b.queue[:rest]
+	return batch
 }
 
 // exec sends the live calls of batch as one pipeline and completes every

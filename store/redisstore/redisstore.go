@@ -188,7 +188,6 @@ func open(ctx context.Context, o Options, tune func(*batcher)) (*Store, error) {
 	if tune != nil {
 		tune(s.b)
 	}
-	s.b.start()
 	return s, nil
 }
 
