@@ -2,7 +2,8 @@ package authhook
 
 import "testing"
 
-// Vectors from PROTOCOLS.md, checked against Dovecot 2.3.19.
+// Vectors recorded from Dovecot 2.3.19 (auth_policy_hash_mech sha256 over
+// nonce, login, NUL, password; the top auth_policy_hash_truncate bits).
 func TestPasswordHash(t *testing.T) {
 	tests := []struct {
 		nonce, login, password string

@@ -168,7 +168,10 @@ func TestIgnoreIP(t *testing.T) {
 	if _, err := g.Ban(context.Background(), "192.0.2.0/24", "", 0); err == nil {
 		t.Errorf("Ban of a /24 overlapping ignoreip: no error")
 	}
-	st, _ := g.Status(context.Background(), "")
+	st, err := g.Status(context.Background(), "")
+	if err != nil || len(st) != 2 {
+		t.Fatalf("Status = %d jails, %v; want 2", len(st), err)
+	}
 	for _, j := range st {
 		if j.TotalFailed != 0 || len(j.Banned) != 0 {
 			t.Errorf("jail %s counted ignored clients: %+v", j.Name, j.JailStats)
@@ -214,15 +217,18 @@ func TestRecipientRate(t *testing.T) {
 			t.Fatalf("recipient %d: over = %v, want %v", i, over, want)
 		}
 	}
-	if over, _ := g.Recipient(ctx, a, "dave@example.org"); over {
-		t.Fatalf("another user is over")
+	if over, err := g.Recipient(ctx, a, "dave@example.org"); err != nil || over {
+		t.Fatalf("another user: over = %v, %v; want false", over, err)
 	}
 	mustRefused(t, g, "198.51.100.7", "carol@example.org", false) // a rate limit never bans
 	clk.Add(61 * time.Minute)
-	if over, _ := g.Recipient(ctx, a, "carol@example.org"); over {
-		t.Fatalf("still over after findtime")
+	if over, err := g.Recipient(ctx, a, "carol@example.org"); err != nil || over {
+		t.Fatalf("after findtime: over = %v, %v; want false", over, err)
 	}
-	st, _ := g.Status(ctx, "postfix-rate")
+	st, err := g.Status(ctx, "postfix-rate")
+	if err != nil || len(st) != 1 {
+		t.Fatalf("Status(postfix-rate) = %d jails, %v; want 1", len(st), err)
+	}
 	if got := st[0].ByProtocol["smtp"]; got != 7 {
 		t.Errorf("postfix-rate counted %d smtp recipients, want 7", got)
 	}

@@ -26,6 +26,15 @@ func Missing(t testing.TB, reason string) {
 	t.Skip(reason)
 }
 
+// Long skips a long test under go test -short, except under CI=true, where
+// -short is ignored: CI runs everything.
+func Long(t testing.TB, reason string) {
+	t.Helper()
+	if testing.Short() && !CI() {
+		t.Skip("-short: " + reason)
+	}
+}
+
 // Root requires uid 0.
 func Root(t testing.TB) {
 	t.Helper()

@@ -332,7 +332,7 @@ func TestCompactionKeepsState(t *testing.T) {
 	if err := s.compact(); err != nil {
 		t.Fatalf("compact = %v", err)
 	}
-	if gens, _ := journals(dir); len(gens) != 1 {
+	if gens, err := journals(dir); err != nil || len(gens) != 1 {
 		t.Errorf("journals after compaction = %v, want exactly one", gens)
 	}
 	want := stateOf(t, s, keys...)

@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mailguard/mailguard/internal/testenv"
 	"github.com/mailguard/mailguard/store"
 	"github.com/mailguard/mailguard/store/redisstore"
 	"github.com/mailguard/mailguard/store/redisstore/redistest"
@@ -23,9 +24,7 @@ func TestConformance(t *testing.T) {
 // Cluster. Each subtest's prefix is its own hash tag, so the subtests land
 // on different masters and the client follows MOVED redirections.
 func TestConformanceCluster(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a Redis Cluster")
-	}
+	testenv.Long(t, "starts a Redis Cluster")
 	addrs := redistest.StartCluster(t, 3)
 	storetest.Run(t, func(t *testing.T, now func() time.Time) store.Store {
 		return open(t, redisstore.Options{Addrs: addrs, Prefix: freshPrefix(t), Now: now, Node: "a"})

@@ -17,7 +17,7 @@ import (
 	"github.com/mailguard/mailguard/store/redisstore/redistest"
 )
 
-// TestSentinelFailover (issue 3): a master, one replica and three Sentinels
+// TestSentinelFailover: a master, one replica and three Sentinels
 // (quorum 2). Bans, a failure window and a known device are written through
 // a Store opened on the Sentinels, and the replica has them; then the master
 // is killed (SIGKILL). While it is down every call fails within the client

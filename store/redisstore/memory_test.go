@@ -11,6 +11,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/mailguard/mailguard/internal/testenv"
 	"github.com/mailguard/mailguard/store"
 	"github.com/mailguard/mailguard/store/redisstore"
 	"github.com/mailguard/mailguard/store/redisstore/redistest"
@@ -66,9 +67,7 @@ func parallel(t *testing.T, n int, fn func(i int) error) {
 // prefix and realistic subjects. It logs the figures and fails only if they
 // are far off the measured ones (a schema change that bloats keys).
 func TestMemoryPerAddress(t *testing.T) {
-	if testing.Short() {
-		t.Skip("200,000 calls")
-	}
+	testenv.Long(t, "200,000 calls")
 	addr := redistest.Start(t)
 	clk := newClock()
 	s := open(t, redisstore.Options{Addrs: []string{addr}, Now: clk.Now, Node: "mx1"})

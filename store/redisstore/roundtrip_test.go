@@ -12,6 +12,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/mailguard/mailguard/internal/testenv"
 	"github.com/mailguard/mailguard/store"
 	"github.com/mailguard/mailguard/store/redisstore"
 	"github.com/mailguard/mailguard/store/redisstore/redistest"
@@ -85,9 +86,7 @@ func commandStats(t *testing.T, nodes []*redis.Client) map[string]int {
 func TestRoundTrips(t *testing.T) {
 	t.Run("Standalone", func(t *testing.T) { testRoundTrips(t, []string{redistest.Start(t)}) })
 	t.Run("Cluster", func(t *testing.T) {
-		if testing.Short() {
-			t.Skip("starts a Redis Cluster")
-		}
+		testenv.Long(t, "starts a Redis Cluster")
 		testRoundTrips(t, redistest.StartCluster(t, 3))
 	})
 }

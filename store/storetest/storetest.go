@@ -1,6 +1,7 @@
 // Package storetest is the conformance suite of store.Store. Every backend
 // runs Run from its own tests, so the embedded store and the Redis store keep
-// the same promises (DESIGN.md §3 and §5): sliding windows, bans, escalation,
+// the same promises (README: "Jails", "The embedded store", "Several mail
+// servers, one Redis"): sliding windows, bans, escalation,
 // known devices, events.
 package storetest
 
