@@ -41,3 +41,9 @@ func WindowKey(prefix, jail, subject string) string {
 	}
 	return k.window(jail, subject)
 }
+
+// WithWatchReady returns ctx for Watch, which calls ready once it has found
+// the end of the stream: every ban made after ready returns is delivered.
+func WithWatchReady(ctx context.Context, ready func()) context.Context {
+	return context.WithValue(ctx, watchReadyKey{}, ready)
+}

@@ -28,10 +28,12 @@ import (
 func TestSentinelFailover(t *testing.T) {
 	const (
 		name = "mymaster"
-		// budget is the most one call may take with the master down: a
-		// Sentinel query and a dial or a pooled-connection wait and a read
-		// (default timeouts: 500 ms dial, 300 ms read), plus -race noise.
-		budget = 2 * time.Second
+		// hang bounds each call through its context. With the master down
+		// a call fails by the client's timeouts (a Sentinel query and a
+		// dial, or a pool wait and a read: 500 ms dial, 300 ms read); one
+		// still running at hang ignored them. Latency under -race on a
+		// loaded machine is noise and only logged; hanging is the bug.
+		hang = 10 * time.Second
 		// failoverBound bounds the wait for the Sentinels and the Store:
 		// down-after (1 s), the vote, the promotion, a possible second
 		// election (2 × failover-timeout) and go-redis's redial (1 s).
@@ -62,7 +64,6 @@ func TestSentinelFailover(t *testing.T) {
 		}
 	})
 	events := watchEvents(t, w)
-	time.Sleep(100 * time.Millisecond) // let Watch find the stream's end
 
 	// Before: a manual ban, a ban made by a Hit, a failure window at 2 of 3,
 	// a known device.
@@ -87,7 +88,7 @@ func TestSentinelFailover(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []store.Ban{manual, hitBan} {
-		if ev := nextEvent(t, events, 5*time.Second); ev.Kind != store.Banned || ev.Ban != want {
+		if ev := nextEvent(t, events, eventWait); ev.Kind != store.Banned || ev.Ban != want {
 			t.Fatalf("Watch before the failover delivered %v %+v, want ban %+v", ev.Kind, ev.Ban, want)
 		}
 	}
@@ -145,13 +146,15 @@ func TestSentinelFailover(t *testing.T) {
 		}
 		ok := true
 		for _, c := range calls {
+			cctx, cancel := context.WithTimeout(ctx, hang)
 			start := time.Now()
-			err := c.call(ctx)
+			err := c.call(cctx)
 			d := time.Since(start)
-			slowest = max(slowest, d)
-			if d > budget {
-				t.Errorf("%v after the kill: %s took %v, want at most %v (%v)", start.Sub(killed), c.name, d, budget, err)
+			if cctx.Err() != nil {
+				t.Errorf("%v after the kill: %s was still running after %v: it ignores the client timeouts (%v)", start.Sub(killed), c.name, hang, err)
 			}
+			cancel()
+			slowest = max(slowest, d)
 			if err != nil {
 				ok = false
 				nfail++

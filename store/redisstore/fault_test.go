@@ -52,12 +52,14 @@ func TestFaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	events := watchEvents(t, w)
-	time.Sleep(100 * time.Millisecond)
 
-	// budget is the most a call may take with Redis away: a wait for a
-	// pooled connection and a read (2×200 ms) or a dial and a read, plus
-	// scheduling noise under -race.
-	const budget = time.Second
+	// hang bounds each call through its context. With Redis away a call
+	// fails by the client's own timeouts (a pool wait and a read, 2×200 ms,
+	// or a dial and a read); one that is still running at hang ignored
+	// them. The figure is far from 400 ms on purpose: on a loaded machine
+	// under -race the latency is noise, hanging is the bug. The worst
+	// latency is logged.
+	const hang = 10 * time.Second
 	calls := map[string]func(context.Context) error{
 		"Check": func(ctx context.Context) error {
 			_, err := s.Check(ctx, store.Query{Subjects: []string{ban.Subject}, Counts: []store.Window{{Jail: "j", Subject: "x", Span: time.Minute}}})
@@ -76,7 +78,7 @@ func TestFaults(t *testing.T) {
 		"Ping":     s.Ping,
 	}
 	// exercise runs every call 3 times from 4 goroutines each, and checks
-	// that all fail, each within budget.
+	// that all fail by themselves, not by the test's deadline.
 	exercise := func(what string) {
 		t.Helper()
 		var wg sync.WaitGroup
@@ -86,17 +88,20 @@ func TestFaults(t *testing.T) {
 			for range 4 {
 				wg.Go(func() {
 					for range 3 {
+						cctx, cancel := context.WithTimeout(ctx, hang)
 						start := time.Now()
-						err := call(ctx)
+						err := call(cctx)
 						d := time.Since(start)
+						hung := cctx.Err() != nil
+						cancel()
 						mu.Lock()
 						worst = max(worst, d)
 						mu.Unlock()
 						if err == nil {
 							t.Errorf("%s: %s succeeded", what, name)
 						}
-						if d > budget {
-							t.Errorf("%s: %s took %v, want at most %v (%v)", what, name, d, budget, err)
+						if hung {
+							t.Errorf("%s: %s was still running after %v: it ignores the client timeouts (%v)", what, name, hang, err)
 						}
 					}
 				})

@@ -10,21 +10,34 @@ import (
 	"github.com/mailguard/mailguard/store/redisstore/redistest"
 )
 
-// watchEvents runs s.Watch until the test ends and returns its events.
+// watchEvents runs s.Watch until the test ends and returns its events once
+// Watch has found the end of the stream: every ban made after watchEvents
+// returns is delivered.
 func watchEvents(t *testing.T, s *redisstore.Store) <-chan store.Event {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	ch := make(chan store.Event, 64)
+	ready := make(chan struct{})
 	done := make(chan error, 1)
 	go func() {
-		done <- s.Watch(ctx, func(ev store.Event) { ch <- ev })
+		done <- s.Watch(redisstore.WithWatchReady(ctx, func() { close(ready) }), func(ev store.Event) { ch <- ev })
 	}()
 	t.Cleanup(func() {
 		cancel()
 		<-done
 	})
+	select {
+	case <-ready:
+	case err := <-done:
+		t.Fatalf("Watch returned %v before it started", err)
+	case <-time.After(eventWait):
+		t.Fatalf("Watch did not find the end of the stream within %v", eventWait)
+	}
 	return ch
 }
+
+// eventWait bounds every wait for Watch; events normally take milliseconds.
+const eventWait = 15 * time.Second
 
 func nextEvent(t *testing.T, ch <-chan store.Event, within time.Duration) store.Event {
 	t.Helper()
@@ -48,7 +61,6 @@ func TestTwoNodes(t *testing.T) {
 	ctx := context.Background()
 	evB := watchEvents(t, b)
 	evA := watchEvents(t, a)
-	time.Sleep(100 * time.Millisecond) // let both Watch calls find the stream's end
 
 	h := store.Hit{Jail: "dovecot", Subject: "net:203.0.113.0/24", Span: 10 * time.Minute, MaxRetry: 5, BanTime: time.Hour}
 	var ban *store.Ban
@@ -69,12 +81,12 @@ func TestTwoNodes(t *testing.T) {
 		ban = r.Ban
 		clk.Add(time.Second)
 	}
-	ev := nextEvent(t, evB, time.Second)
+	ev := nextEvent(t, evB, eventWait)
 	if ev.Kind != store.Banned || ev.Ban != *ban {
 		t.Fatalf("B saw %v %+v, want ban %+v", ev.Kind, ev.Ban, *ban)
 	}
 	t.Logf("ban made through A seen by B's Watch after %v", time.Since(banAt))
-	if ev := nextEvent(t, evA, time.Second); ev.Kind != store.Banned {
+	if ev := nextEvent(t, evA, eventWait); ev.Kind != store.Banned {
 		t.Fatalf("A saw %v, want its own ban", ev.Kind)
 	}
 	ans, err := b.Check(ctx, store.Query{Subjects: []string{h.Subject}})
@@ -86,7 +98,7 @@ func TestTwoNodes(t *testing.T) {
 	if err != nil || len(lifted) != 1 {
 		t.Fatalf("B's Unban = %+v, %v", lifted, err)
 	}
-	if ev := nextEvent(t, evA, time.Second); ev.Kind != store.Unbanned || ev.Ban != *ban {
+	if ev := nextEvent(t, evA, eventWait); ev.Kind != store.Unbanned || ev.Ban != *ban {
 		t.Fatalf("A saw %v %+v, want the unban", ev.Kind, ev.Ban)
 	}
 	ans, err = a.Check(ctx, store.Query{Subjects: []string{h.Subject}})

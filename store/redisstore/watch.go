@@ -50,6 +50,9 @@ func (s *Store) Watch(ctx context.Context, fn func(store.Event)) error {
 		last, err = s.tail(ctx)
 	}
 	backoff.reset()
+	if ready, ok := ctx.Value(watchReadyKey{}).(func()); ok {
+		ready()
+	}
 	for {
 		// The deadline bounds a read from a stalled Redis; XREAD itself
 		// answers (nil) after watchBlock.
@@ -85,6 +88,11 @@ func (s *Store) Watch(ctx context.Context, fn func(store.Event)) error {
 		}
 	}
 }
+
+// watchReadyKey carries, in Watch's context, a function Watch calls once it
+// knows where the stream ends: every event made after that is delivered.
+// Tests wait for it instead of sleeping (export_test.go).
+type watchReadyKey struct{}
 
 // tail returns the id of the stream's last entry: Watch starts after it.
 // "0-0" when there is no stream yet.
