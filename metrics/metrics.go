@@ -142,7 +142,9 @@ type Server struct {
 // Handler returns the routes.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(s.Registry.reg, promhttp.HandlerOpts{}))
+	// ContinueOnError: with the store down, mailguard_bans_active cannot be
+	// read, and the rest (the store error counters first) must still be served.
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.Registry.reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		if s.Health != nil {
 			ctx, cancel := context.WithTimeout(r.Context(), time.Second)
