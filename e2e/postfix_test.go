@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -256,11 +257,15 @@ func (s *SMTP) StartTLS(t *testing.T) {
 	}
 }
 
-// Closed reports whether the server has closed the connection.
+// Closed reports whether the server has closed the connection. It sends
+// NOOP, which an open session answers at once; a read that times out is an
+// open session (a silent server is not a disconnect).
 func (s *SMTP) Closed() bool {
-	s.c.SetReadDeadline(time.Now().Add(3 * time.Second))
-	_, err := s.rd.ReadByte()
-	return err != nil
+	s.c.SetDeadline(time.Now().Add(30 * time.Second))
+	fmt.Fprintf(s.c, "NOOP\r\n") // may succeed on a closed connection; the read tells
+	_, err := s.rd.ReadString('\n')
+	var ne net.Error
+	return err != nil && !(errors.As(err, &ne) && ne.Timeout())
 }
 
 // rcpt runs EHLO, MAIL, RCPT from src and returns the RCPT reply and
