@@ -27,26 +27,6 @@ func TestMeasure(t *testing.T) {
 	t.Run("ipset", func(t *testing.T) { measureIPT(t) })
 }
 
-var mailGroup = []uint16{110, 143, 465, 587, 993, 995}
-
-// manyEntries returns n bans, half IPv4 /32 in 100.64.0.0/10, half IPv6 /64
-// in 2001:db8::/32; none covers the test clients.
-func manyEntries(n int, exp time.Time) []Entry {
-	es := make([]Entry, 0, n)
-	for i := range n {
-		var p netip.Prefix
-		if i%2 == 0 {
-			j := i / 2
-			p = netip.PrefixFrom(netip.AddrFrom4([4]byte{100, 64 + byte(j>>16&0x3f), byte(j >> 8), byte(j)}), 32)
-		} else {
-			j := i / 2
-			p = netip.PrefixFrom(netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, byte(j >> 24), byte(j >> 16), byte(j >> 8), byte(j)}), 64)
-		}
-		es = append(es, Entry{Prefix: p, Ports: mailGroup, Expires: exp})
-	}
-	return es
-}
-
 func pct(ds []time.Duration, p float64) time.Duration {
 	s := slices.Clone(ds)
 	slices.Sort(s)
@@ -166,11 +146,8 @@ func measureNFT(t *testing.T) {
 		big, took.Round(time.Millisecond), (m1["Slab"]-m0["Slab"])>>10, (m0["MemAvailable"]-m1["MemAvailable"])>>10, r0>>10, r1>>10, ms.HeapInuse>>20)
 	es = manyEntries(big, time.Now().Add(time.Hour))
 	start = time.Now()
-	got, err := b.List(testCtx(t))
-	if err != nil || len(got) != big {
-		t.Fatalf("List = %d entries, %v; want %d", len(got), err, big)
-	}
-	t.Logf("List of %d bans: %v", big, time.Since(start).Round(time.Millisecond))
+	wantList(t, b, es)
+	t.Logf("List of %d bans (and the check that they are exactly the ones synced): %v", big, time.Since(start).Round(time.Millisecond))
 	start = time.Now()
 	if err := b.Sync(testCtx(t), es); err != nil {
 		t.Fatal(err)
