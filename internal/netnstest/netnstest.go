@@ -4,8 +4,17 @@
 // attempts show what the server's kernel does to them. Nothing outside a
 // _test.go file may import it.
 //
-// Everything needs root, the ip program (iproute2) and a kernel with network
-// namespaces; New skips the test without them (fails it under CI=true).
+// Whether a connection was dropped is read from the server kernel's own
+// counters, not from a timeout alone: New installs a table inet netnstest
+// that counts each client address's SYNs as they arrive (prerouting, before
+// any filter) and as they pass the input filters (after every other input
+// chain, iptables' included). A connection attempt that times out counts as
+// dropped only if its SYN arrived and did not pass; a slow handshake on a
+// loaded machine is not a drop.
+//
+// Everything needs root, the ip and nft programs and a kernel with network
+// namespaces and nf_tables; New skips the test without them (fails it under
+// CI=true).
 // The namespaces are removed when the test ends, whether it passed or not.
 package netnstest
 
@@ -18,6 +27,7 @@ import (
 	"net"
 	"net/netip"
 	"os/exec"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -60,7 +70,7 @@ type Net struct {
 	Server, Client string // namespace names, under /run/netns
 
 	cfg        Config
-	ip         string     // the ip program
+	ip, nft    string     // the ip and nft programs
 	cli        *Thread    // in Client: every Dial runs here
 	dst4, dst6 netip.Addr // the server's first address of each family
 }
@@ -76,6 +86,7 @@ func New(t testing.TB, cfg Config) *Net {
 	t.Helper()
 	testenv.Root(t)
 	ip := testenv.Command(t, "ip")
+	nft := testenv.Command(t, "nft")
 	if cfg.Ready == 0 {
 		cfg.Ready = 10 * time.Second
 	}
@@ -91,7 +102,7 @@ func New(t testing.TB, cfg Config) *Net {
 	var rnd [4]byte
 	_, _ = rand.Read(rnd[:])
 	id := hex.EncodeToString(rnd[:])
-	n := &Net{Server: cfg.Name + "-" + id + "-s", Client: cfg.Name + "-" + id + "-c", cfg: cfg, ip: ip}
+	n := &Net{Server: cfg.Name + "-" + id + "-s", Client: cfg.Name + "-" + id + "-c", cfg: cfg, ip: ip, nft: nft}
 	run := func(args ...string) {
 		t.Helper()
 		if out, err := exec.Command(ip, args...).CombinedOutput(); err != nil {
@@ -124,6 +135,10 @@ func New(t testing.TB, cfg Config) *Net {
 		} else {
 			n.dst4 = a.Addr()
 		}
+	}
+
+	if out, err := n.nftInput(countersRuleset(cfg.Client)); err != nil {
+		testenv.Missing(t, fmt.Sprintf("nf_tables in a network namespace: installing the SYN counters: %v: %s", err, out))
 	}
 
 	srv := Enter(t, n.Server)
@@ -182,21 +197,102 @@ func (n *Net) Dial(src netip.Addr, port int, timeout time.Duration) error {
 	return err
 }
 
-// Dropped reports whether a connection attempt from src to port timed out
-// after DropTimeout (the SYN was dropped); an error of another kind fails
-// the test at once.
+// Dropped reports whether the server's firewall dropped a connection attempt
+// from src to port: the attempt timed out after DropTimeout, and the server's
+// counters saw its SYN arrive and not pass the input filters. An attempt that
+// times out although its SYN passed (a slow handshake) is not a drop. Any
+// other error, or a SYN that never arrived, fails the test at once.
 func (n *Net) Dropped(t testing.TB, src netip.Addr, port int) bool {
 	t.Helper()
+	before := n.syns(t, src)
 	err := n.Dial(src, port, n.cfg.DropTimeout)
 	var ne net.Error
 	switch {
 	case err == nil:
 		return false
-	case errors.As(err, &ne) && ne.Timeout():
-		return true
+	case !errors.As(err, &ne) || !ne.Timeout():
+		t.Fatalf("connect from %v to port %d: %v, want connected or timed out", src, port, err)
 	}
-	t.Fatalf("connect from %v to port %d: %v, want connected or timed out", src, port, err)
-	return false
+	after := n.syns(t, src)
+	switch {
+	case after.arrived == before.arrived:
+		t.Fatalf("connect from %v to port %d timed out and its SYN never reached the server", src, port)
+	case after.passed != before.passed:
+		t.Logf("netnstest: connect from %v to port %d timed out after %v, but its SYN passed the server's firewall: not a drop",
+			src, port, n.cfg.DropTimeout)
+		return false
+	}
+	return true
+}
+
+// synCount is what the server's counters saw of one client address's SYNs.
+type synCount struct{ arrived, passed uint64 }
+
+const counterTable = "netnstest"
+
+// countersRuleset is the nft script of table inet netnstest: per client
+// address, counter aI counts SYNs in prerouting (priority raw, before any
+// filter) and pI those that passed input (priority filter + 100, after
+// every other input chain).
+func countersRuleset(clients []netip.Prefix) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "table inet %s {\n", counterTable)
+	for i := range clients {
+		fmt.Fprintf(&b, "\tcounter a%d {}\n\tcounter p%d {}\n", i, i)
+	}
+	for _, c := range []struct{ name, hook, prio, prefix string }{
+		{"arrive", "prerouting", "raw", "a"}, {"pass", "input", "filter + 100", "p"},
+	} {
+		fmt.Fprintf(&b, "\tchain %s {\n\t\ttype filter hook %s priority %s; policy accept;\n", c.name, c.hook, c.prio)
+		for i, a := range clients {
+			fam := "ip"
+			if a.Addr().Is6() {
+				fam = "ip6"
+			}
+			fmt.Fprintf(&b, "\t\t%s saddr %s tcp flags & (syn | ack) == syn counter name %s%d\n", fam, a.Addr(), c.prefix, i)
+		}
+		b.WriteString("\t}\n")
+	}
+	b.WriteString("}\n")
+	return b.String()
+}
+
+// nftInput runs nft -f - with script in the server namespace.
+func (n *Net) nftInput(script string) (string, error) {
+	c := n.Command(n.nft, "-f", "-")
+	c.Stdin = strings.NewReader(script)
+	out, err := c.CombinedOutput()
+	return string(out), err
+}
+
+var counterLine = regexp.MustCompile(`counter ([ap])(\d+) \{\s*packets (\d+) bytes`)
+
+// syns reads the counters of src.
+func (n *Net) syns(t testing.TB, src netip.Addr) synCount {
+	t.Helper()
+	i := slices.IndexFunc(n.cfg.Client, func(p netip.Prefix) bool { return p.Addr() == src })
+	if i < 0 {
+		t.Fatalf("netnstest: %v is not a client address", src)
+	}
+	out := n.MustExec(t, n.nft, "list", "counters", "table", "inet", counterTable)
+	var c synCount
+	found := 0
+	for _, m := range counterLine.FindAllStringSubmatch(out, -1) {
+		if m[2] != strconv.Itoa(i) {
+			continue
+		}
+		v, _ := strconv.ParseUint(m[3], 10, 64)
+		if m[1] == "a" {
+			c.arrived = v
+		} else {
+			c.passed = v
+		}
+		found++
+	}
+	if found != 2 {
+		t.Fatalf("netnstest: counters a%d and p%d not in:\n%s", i, i, out)
+	}
+	return c
 }
 
 // WantOpen fails the test unless src connects to port within OpenTimeout.

@@ -36,20 +36,31 @@ func TestNet(t *testing.T) {
 		}
 	}
 
-	// A blackhole route for the IPv4 client in the server: the SYN arrives,
-	// the SYN-ACK goes nowhere, the attempt times out.
-	n.MustExec(t, "ip", "route", "add", "blackhole", cli4.String()+"/32")
+	// A firewall of our own drops the IPv4 client's SYNs to port 25.
+	n.MustExec(t, "nft", "add", "table", "inet", "byhand")
+	n.MustExec(t, "nft", "add", "chain", "inet", "byhand", "input", "{ type filter hook input priority 0; policy accept; }")
+	n.MustExec(t, "nft", "add", "rule", "inet", "byhand", "input", "ip", "saddr", cli4.String(), "tcp", "dport", "25", "drop")
 	n.WaitDropped(t, cli4, 25, 5*time.Second)
-	n.WantDropped(t, cli4, 8080)
+	n.WantOpen(t, cli4, 8080)
 	n.WantOpen(t, cli6, 25)
 	if !n.Dropped(t, cli4, 25) {
 		t.Errorf("Dropped(%v, 25) = false, want true", cli4)
 	}
-	n.MustExec(t, "ip", "route", "del", "blackhole", cli4.String()+"/32")
+	n.MustExec(t, "nft", "delete", "table", "inet", "byhand")
 	n.WaitOpen(t, cli4, 25, 5*time.Second)
 	if n.Dropped(t, cli4, 25) {
-		t.Errorf("Dropped(%v, 25) = true after the route is gone", cli4)
+		t.Errorf("Dropped(%v, 25) = true after the table is gone", cli4)
 	}
+
+	// A blackhole route for the IPv4 client in the server: the SYN arrives
+	// and passes every filter, the SYN-ACK goes nowhere, the attempt times
+	// out. That is not the firewall dropping it.
+	n.MustExec(t, "ip", "route", "add", "blackhole", cli4.String()+"/32")
+	if n.Dropped(t, cli4, 25) {
+		t.Errorf("Dropped(%v, 25) = true for a timeout whose SYN passed the firewall", cli4)
+	}
+	n.MustExec(t, "ip", "route", "del", "blackhole", cli4.String()+"/32")
+	n.WaitOpen(t, cli4, 25, 5*time.Second)
 
 	if out, err := n.Exec("false"); err == nil {
 		t.Errorf("Exec(false) = %q, nil; want an error", out)
