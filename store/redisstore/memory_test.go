@@ -70,7 +70,10 @@ func TestMemoryPerAddress(t *testing.T) {
 	testenv.Long(t, "200,000 calls")
 	addr := redistest.Start(t)
 	clk := newClock()
-	s := open(t, redisstore.Options{Addrs: []string{addr}, Now: clk.Now, Node: "mx1"})
+	// Generous timeouts: this measures memory, and 16 goroutines on a loaded
+	// machine under -race must not lose calls to the 300 ms defaults.
+	s := open(t, redisstore.Options{Addrs: []string{addr}, Now: clk.Now, Node: "mx1",
+		DialTimeout: 10 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second})
 	admin := redis.NewClient(&redis.Options{Addr: addr})
 	defer admin.Close()
 	ctx := context.Background()
