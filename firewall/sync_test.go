@@ -77,7 +77,7 @@ func wantList(t *testing.T, b Backend, want []Entry, late time.Duration) {
 // 100,000 (measure_test.go) with the same check.
 const syncSize = 5000
 
-// TestSyncList: Sync of syncSize bans (IPv4 and IPv6, two port groups, their
+// TestSyncList, for nftables and iptables (ipset): Sync of syncSize bans (IPv4 and IPv6, two port groups, their
 // own expiries) and List returns exactly them; a second Sync that drops a
 // fifth, adds as many, moves expiries and ports leaves exactly the new set;
 // an empty Sync leaves nothing.
@@ -88,26 +88,17 @@ func TestSyncList(t *testing.T) {
 		open func(t *testing.T, n *testNet) Backend
 	}{
 		{"nftables", func(t *testing.T, n *testNet) Backend {
-			b, err := NewNFTables(testCtx(t), Options{NetNS: n.serverPath, Log: testLog(t)})
-			if err != nil {
-				t.Fatalf("NewNFTables: %v", err)
-			}
-			return b
+			return open(t, n, "NewNFTables", func() (*NFTables, error) { return NewNFTables(testCtx(t), Options{Log: testLog(t)}) })
 		}},
-		{"ipset", func(t *testing.T, n *testNet) Backend {
+		{"iptables", func(t *testing.T, n *testNet) Backend {
 			testenv.Command(t, "iptables")
 			testenv.Command(t, "ipset")
-			b, err := NewIPTables(testCtx(t), Options{NetNS: n.serverPath, Log: testLog(t)})
-			if err != nil {
-				t.Fatalf("NewIPTables: %v", err)
-			}
-			return b
+			return open(t, n, "NewIPTables", func() (*IPTables, error) { return NewIPTables(testCtx(t), Options{Log: testLog(t)}) })
 		}},
 	} {
 		t.Run(h.name, func(t *testing.T) {
 			n := newTestNet(t)
 			b := h.open(t, n)
-			t.Cleanup(func() { b.Close() })
 			now := time.Now()
 			es := manyEntries(syncSize+syncSize/5, now.Add(time.Hour))
 			for i := range es {
