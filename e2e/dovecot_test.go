@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -46,6 +47,8 @@ type DovecotOptions struct {
 	// SSLRequired sets ssl = required with a self-signed certificate made
 	// by the test, instead of Debian's ssl = yes with its snakeoil one.
 	SSLRequired bool
+	// At runs Dovecot inside a network namespace, listening on its address.
+	At place
 }
 
 const (
@@ -78,9 +81,11 @@ func StartDovecot(t *testing.T, policyURL string, opt DovecotOptions) *Dovecot {
 	if out, err := exec.Command("cp", "-a", "/etc/dovecot", etc).CombinedOutput(); err != nil {
 		t.Fatalf("copying /etc/dovecot: %v\n%s", err, out)
 	}
+	at := opt.At
+	addr := func() string { return net.JoinHostPort(at.listen(), strconv.Itoa(testenv.FreePort(t))) }
 	d := &Dovecot{
-		IMAP: fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)), IMAPS: fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
-		POP3: fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)), POP3S: fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
+		IMAP: addr(), IMAPS: addr(),
+		POP3: addr(), POP3S: addr(),
 		Log: filepath.Join(dir, "dovecot.log"), conf: filepath.Join(etc, "dovecot.conf"),
 	}
 
@@ -113,7 +118,7 @@ func StartDovecot(t *testing.T, policyURL string, opt DovecotOptions) *Dovecot {
 base_dir = %[1]s/run
 instance_name = %[2]s
 log_path = %[1]s/dovecot.log
-listen = 127.0.0.1
+listen = %[7]s
 mail_location = maildir:~/Maildir
 passdb {
   driver = passwd-file
@@ -139,7 +144,7 @@ service pop3-login {
     port = %[6]s
   }
 }
-`, dir, filepath.Base(dir), port(d.IMAP), port(d.IMAPS), port(d.POP3), port(d.POP3S))
+`, dir, filepath.Base(dir), port(d.IMAP), port(d.IMAPS), port(d.POP3), port(d.POP3S), at.listen())
 	if opt.SSLRequired {
 		certFile, keyFile := selfSignedCert(t, dir)
 		local += fmt.Sprintf("ssl = required\nssl_cert = <%s\nssl_key = <%s\n", certFile, keyFile)
@@ -152,7 +157,7 @@ service pop3-login {
 	if err != nil {
 		t.Fatal(err)
 	}
-	start := exec.Command(bin, "-c", d.conf)
+	start := at.command(bin, "-c", d.conf)
 	start.Stdout, start.Stderr = outFile, outFile
 	err = start.Run()
 	outFile.Close()
@@ -161,7 +166,7 @@ service pop3-login {
 		t.Fatalf("dovecot: %v\n%s", err, out)
 	}
 	t.Cleanup(func() {
-		exec.Command(bin, "-c", d.conf, "stop").Run()
+		at.command(bin, "-c", d.conf, "stop").Run()
 		if t.Failed() {
 			b, _ := os.ReadFile(d.Log)
 			t.Logf("dovecot log:\n%s", b)
@@ -169,7 +174,7 @@ service pop3-login {
 	})
 	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {
-		if c, err := net.Dial("tcp", d.IMAP); err == nil {
+		if c, err := at.dial(d.IMAP); err == nil {
 			c.Close()
 			if _, err := os.Stat(opt.SASLSocket); opt.SASLSocket == "" || err == nil {
 				return d
@@ -258,6 +263,13 @@ func imapLogin(t *testing.T, addr, src, user, pass string) string {
 	if err != nil {
 		t.Fatalf("dial imap from %s: %v", src, err)
 	}
+	return imapLoginOn(t, c, user, pass)
+}
+
+// imapLoginOn logs in on the new connection c as imapLogin does, closes
+// it, and returns the tagged reply.
+func imapLoginOn(t *testing.T, c net.Conn, user, pass string) string {
+	t.Helper()
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(30 * time.Second))
 	rd := bufio.NewReader(c)

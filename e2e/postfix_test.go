@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -34,11 +35,26 @@ type Postfix struct {
 	Queue      string // queue_directory
 }
 
+// PostfixOptions change the instance.
+type PostfixOptions struct {
+	// Set are main.cf parameters (name=value) that `postconf -e` sets
+	// after contrib's are in: each replaces the line of its name.
+	Set []string
+	// At runs Postfix inside a network namespace, listening on its address.
+	At place
+}
+
 // StartPostfix runs a Postfix whose smtpd asks policy (host:port or
 // unix:/path). With Dovecot SASL, its auth socket must be at
 // <Queue>/private/auth: pass PostfixSASLSocket(dir) to StartDovecot first.
-func StartPostfix(t *testing.T, policy string) *Postfix {
+// At most one opts.
+func StartPostfix(t *testing.T, policy string, opts ...PostfixOptions) *Postfix {
 	t.Helper()
+	var opt PostfixOptions
+	if len(opts) > 0 {
+		opt = opts[0]
+	}
+	at := opt.At
 	testenv.Root(t)
 	postfix := testenv.Command(t, "postfix")
 	for _, f := range []string{"/etc/postfix/master.cf", "/usr/share/postfix/main.cf.debian"} {
@@ -48,8 +64,8 @@ func StartPostfix(t *testing.T, policy string) *Postfix {
 	}
 	dir := postfixDir(t)
 	p := &Postfix{
-		Addr:       fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
-		Submission: fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
+		Addr:       net.JoinHostPort(at.listen(), strconv.Itoa(testenv.FreePort(t))),
+		Submission: net.JoinHostPort(at.listen(), strconv.Itoa(testenv.FreePort(t))),
 		Conf:       filepath.Join(dir, "conf"),
 		Log:        "/var/tmp/" + filepath.Base(dir) + ".maillog", // maillog_file must be under /var
 		Queue:      filepath.Join(dir, "queue"),
@@ -121,21 +137,27 @@ queue_directory = %s
 data_directory = %s/data
 maillog_file = %s
 inet_interfaces = loopback-only
-inet_protocols = ipv4
+inet_protocols = %s
 
-`, p.Queue, dir, p.Log)
+`, p.Queue, dir, p.Log, at.protocols())
 	main += contribFile(t, "postfix/main.cf", contribPolicy, policyService)
 	writeFile(t, filepath.Join(p.Conf, "main.cf"), main)
+	if len(opt.Set) > 0 {
+		postconf := testenv.Command(t, "postconf")
+		if out, err := exec.Command(postconf, append([]string{"-c", p.Conf, "-e"}, opt.Set...)...).CombinedOutput(); err != nil {
+			t.Fatalf("postconf -e: %v\n%s", err, out)
+		}
+	}
 
 	if out, err := exec.Command(postfix, "-c", p.Conf, "check").CombinedOutput(); err != nil || len(out) > 0 {
 		b, _ := os.ReadFile(p.Log)
 		t.Fatalf("postfix check: %v\n%s\nmaillog:\n%s", err, out, b)
 	}
-	if out, err := exec.Command(postfix, "-c", p.Conf, "start").CombinedOutput(); err != nil {
+	if out, err := at.command(postfix, "-c", p.Conf, "start").CombinedOutput(); err != nil {
 		t.Fatalf("postfix start: %v\n%s", err, out)
 	}
 	t.Cleanup(func() {
-		exec.Command(postfix, "-c", p.Conf, "stop").Run()
+		at.command(postfix, "-c", p.Conf, "stop").Run()
 		if t.Failed() {
 			b, _ := os.ReadFile(p.Log)
 			t.Logf("postfix maillog:\n%s", b)
@@ -144,7 +166,7 @@ inet_protocols = ipv4
 	deadline := time.Now().Add(20 * time.Second)
 	for _, addr := range []string{p.Addr, p.Submission} {
 		for {
-			c, err := net.Dial("tcp", addr)
+			c, err := at.dial(addr)
 			if err == nil {
 				c.Close()
 				break
@@ -211,6 +233,13 @@ func DialSMTP(t *testing.T, addr, src string) *SMTP {
 	if err != nil {
 		t.Fatalf("dial %s from %s: %v", addr, src, err)
 	}
+	return smtpOn(t, c)
+}
+
+// smtpOn starts an SMTP session on the new connection c (closed when the
+// test ends) and reads the greeting.
+func smtpOn(t *testing.T, c net.Conn) *SMTP {
+	t.Helper()
 	t.Cleanup(func() { c.Close() })
 	s := &SMTP{c: c, rd: bufio.NewReader(c)}
 	if r := s.reply(t); !strings.HasPrefix(r, "220") {
