@@ -13,8 +13,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/mailguard/mailguard/store"
 )
 
 // fakeGuard counts failures per address, refuses the addresses in refused
@@ -42,20 +40,20 @@ func (g *fakeGuard) Check(_ context.Context, a netip.Addr, user string) (CheckRe
 	defer g.mu.Unlock()
 	g.calls = append(g.calls, fmt.Sprintf("check %s %s", a, user))
 	if g.refused[a] {
-		return CheckResult{Refused: true}, nil
+		return CheckResult{Refused: true, Banned: "net:" + netip.PrefixFrom(a, a.BitLen()).String()}, nil
 	}
 	if g.userBanned[user] {
-		return CheckResult{Refused: true, ByUser: true}, nil
+		return CheckResult{Refused: true, Banned: "user:" + user, ByUser: true}, nil
 	}
 	return CheckResult{Failures: g.failures[a], UserFailures: g.userFailures[user]}, nil
 }
 
-func (g *fakeGuard) Fail(_ context.Context, a netip.Addr, user, protocol, pwhash string) ([]store.Ban, error) {
+func (g *fakeGuard) Fail(_ context.Context, a netip.Addr, user, protocol, pwhash string) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.calls = append(g.calls, fmt.Sprintf("fail %s %s %s %s", a, user, protocol, pwhash))
 	g.failures[a]++
-	return nil, nil
+	return nil
 }
 
 func (g *fakeGuard) Succeed(_ context.Context, a netip.Addr, user string) error {
@@ -93,8 +91,8 @@ type benchGuard struct{}
 func (benchGuard) Check(context.Context, netip.Addr, string) (CheckResult, error) {
 	return CheckResult{Failures: 2}, nil
 }
-func (benchGuard) Fail(context.Context, netip.Addr, string, string, string) ([]store.Ban, error) {
-	return nil, nil
+func (benchGuard) Fail(context.Context, netip.Addr, string, string, string) error {
+	return nil
 }
 func (benchGuard) Succeed(context.Context, netip.Addr, string) error { return nil }
 
@@ -106,8 +104,8 @@ type errGuard struct{}
 func (errGuard) Check(context.Context, netip.Addr, string) (CheckResult, error) {
 	return CheckResult{}, fmt.Errorf("store: %w", context.DeadlineExceeded)
 }
-func (errGuard) Fail(context.Context, netip.Addr, string, string, string) ([]store.Ban, error) {
-	return nil, fmt.Errorf("store: down")
+func (errGuard) Fail(context.Context, netip.Addr, string, string, string) error {
+	return fmt.Errorf("store: down")
 }
 func (errGuard) Succeed(context.Context, netip.Addr, string) error { return fmt.Errorf("store: down") }
 
@@ -128,8 +126,8 @@ func (g blockGuard) wait(ctx context.Context) error {
 func (g blockGuard) Check(ctx context.Context, _ netip.Addr, _ string) (CheckResult, error) {
 	return CheckResult{}, g.wait(ctx)
 }
-func (g blockGuard) Fail(ctx context.Context, _ netip.Addr, _, _, _ string) ([]store.Ban, error) {
-	return nil, g.wait(ctx)
+func (g blockGuard) Fail(ctx context.Context, _ netip.Addr, _, _, _ string) error {
+	return g.wait(ctx)
 }
 func (g blockGuard) Succeed(ctx context.Context, _ netip.Addr, _ string) error { return g.wait(ctx) }
 

@@ -2,6 +2,8 @@ package authhook
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -28,21 +30,30 @@ var replyOK = []byte(`{"status":0,"msg":""}` + "\n")
 //   - allow: {"status":-1,"msg":RejectMsg} when the guard refuses the client
 //     (RejectUserMsg when the refusal is about the user's account); in the
 //     before-auth allow, {"status":N} to delay N seconds per Tarpit (aware
-//     of the protocol); else {"status":0}. The after-auth allow (the second
-//     allow of a login attempt, see sessions) never delays but does refuse.
-//   - report: success counts a success, a failure that is not ours
-//     (policy_reject) counts a failure; the answer is {"status":0,"msg":""}.
+//     of the protocol); else {"status":0}. The after-auth allow (the second allow of a
+//     login attempt, see sessions) never delays but does refuse.
+//   - report: success counts a success; a failure counts as one unless we
+//     refused it (policy_reject) or Dovecot 2.4's fail_type says it was no
+//     guess (see Request.Counts); the answer is {"status":0,"msg":""}.
+//   - A 4xx answer closes the connection: it is not Dovecot's, and keeps no
+//     slot of MaxConns.
 //   - When the guard errs or takes longer than Timeout, allow answers
 //     {"status":0} if FailOpen, else {"status":-1,"msg":TempFailMsg}.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.init()
+	if !s.enter() {
+		w.Header().Set("Connection", "close")
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "server closed"})
+		return
+	}
+	defer s.busy.Done()
 	start := time.Now()
 	cmd := Command(r.URL.Query().Get("command"))
 	bad := func(code int, reason, msg string) {
-		if m, ok := s.Metrics.(BadRequestCounter); ok {
-			m.BadRequest(reason)
-		}
+		s.metrics.BadRequest(reason)
 		s.log.Debug("bad request", "status", code, "error", msg, "peer", r.RemoteAddr)
+		// Not Dovecot: the connection does not keep a slot.
+		w.Header().Set("Connection", "close")
 		writeJSON(w, code, map[string]string{"error": msg})
 	}
 
@@ -52,7 +63,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !s.authorized(r) {
-		s.log.Warn("auth policy request without the right API header", "peer", r.RemoteAddr, "header", s.hdrName)
+		s.warn(ReasonUnauthorized, "auth policy request without the right API header", "peer", r.RemoteAddr, "header", s.hdrName)
 		bad(http.StatusUnauthorized, ReasonUnauthorized, "missing or wrong API header")
 		return
 	}
@@ -60,11 +71,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		bad(http.StatusBadRequest, ReasonCommand, fmt.Sprintf("unknown command %q: want allow or report", cmd))
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.MaxBody))
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.maxBody))
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			bad(http.StatusRequestEntityTooLarge, ReasonTooLarge, fmt.Sprintf("body larger than %d bytes", s.MaxBody))
+			bad(http.StatusRequestEntityTooLarge, ReasonTooLarge, fmt.Sprintf("body larger than %d bytes", s.maxBody))
 			return
 		}
 		bad(http.StatusBadRequest, ReasonJSON, "reading body: "+err.Error())
@@ -86,8 +97,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	proto := NormalizeProtocol(req.Protocol)
 
-	ctx, cancel := context.WithTimeout(r.Context(), s.Timeout)
+	ctx, cancel := context.WithTimeout(r.Context(), s.timeout)
 	defer cancel()
+	stop := context.AfterFunc(s.ctx, cancel) // Close cancels guard calls
+	defer stop()
 	var rep Reply
 	var verdict string
 	if cmd == CommandAllow {
@@ -95,9 +108,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	} else {
 		verdict = s.report(ctx, &req, a, proto)
 	}
-	if s.Metrics != nil {
-		s.Metrics.Request(verdict, time.Since(start))
-	}
+	s.metrics.Request(verdict, time.Since(start))
 	if rep == (Reply{}) {
 		w.Header().Set("Content-Type", "application/json")
 		w.Write(replyOK)
@@ -119,24 +130,28 @@ func (s *Server) allow(ctx context.Context, req *Request, a netip.Addr, proto st
 		return Reply{}, VerdictGone
 	}
 	if err != nil {
-		s.storeError()
+		s.metrics.StoreError()
 		if s.FailOpen {
-			s.log.Warn("guard check failed, allowing (fail open)", "stage", stage, "remote", a, "protocol", proto, "err", err)
+			s.warn("check", "guard check failed, allowing (fail open)", "stage", stage, "remote", a, "protocol", proto, "err", err)
 			return Reply{}, VerdictFailOpen
 		}
-		s.log.Warn("guard check failed, refusing (fail closed)", "stage", stage, "remote", a, "protocol", proto, "err", err)
-		return Reply{Status: -1, Msg: s.TempFailMsg}, VerdictFailClosed
+		s.warn("check", "guard check failed, refusing (fail closed)", "stage", stage, "remote", a, "protocol", proto, "err", err)
+		return Reply{Status: -1, Msg: s.tempFailMsg}, VerdictFailClosed
 	}
 	if v.Refused {
-		if s.refusedLog.First(a.String(), s.now(), refusalLogEvery) {
-			s.log.Info("refused", "stage", stage, "remote", a, "protocol", proto, "by_user", v.ByUser)
+		key := v.Banned
+		if key == "" {
+			key = "refused" // a Guard that does not name its bans: one line for all
+		}
+		if ok, n := s.refusedLog.AllowEvery(key, s.now(), refusalLogEvery); ok {
+			s.log.Info("refused", "key", v.Banned, "stage", stage, "remote", a, "protocol", proto, "by_user", v.ByUser, "suppressed", n)
 		} else {
-			s.log.Debug("refused", "stage", stage, "remote", a, "protocol", proto, "by_user", v.ByUser)
+			s.log.Debug("refused", "key", v.Banned, "stage", stage, "remote", a, "protocol", proto, "by_user", v.ByUser)
 		}
 		if v.ByUser {
-			return Reply{Status: -1, Msg: s.RejectUserMsg}, VerdictRefuse
+			return Reply{Status: -1, Msg: s.rejectUserMsg}, VerdictRefuse
 		}
-		return Reply{Status: -1, Msg: s.RejectMsg}, VerdictRefuse
+		return Reply{Status: -1, Msg: s.rejectMsg}, VerdictRefuse
 	}
 	if !after {
 		if n := s.Tarpit.status(v.Failures, v.UserFailures, proto); n > 0 {
@@ -151,36 +166,54 @@ func (s *Server) allow(ctx context.Context, req *Request, a netip.Addr, proto st
 func (s *Server) report(ctx context.Context, req *Request, a netip.Addr, proto string) string {
 	s.sess.done(sessionKey(req), s.now())
 	s.log.Debug("report", "request", *req)
+	var f func(context.Context) error
+	var cause string
 	switch {
 	case req.Success:
-		_, err := call(ctx, s, func(ctx context.Context) (struct{}, error) {
-			return struct{}{}, s.Guard.Succeed(ctx, a, req.Login)
-		})
-		if err != nil && s.clientGone(ctx, "report", a, err) {
-			return VerdictGone
-		}
-		if err != nil {
-			s.storeError()
-			s.log.Warn("guard: recording a success", "remote", a, "protocol", proto, "err", err)
-			return VerdictError
-		}
-		return VerdictSuccess
+		cause = "succeed"
+		f = func(ctx context.Context) error { return s.Guard.Succeed(ctx, a, req.Login) }
 	case req.Counts():
-		_, err := call(ctx, s, func(ctx context.Context) (struct{}, error) {
-			_, err := s.Guard.Fail(ctx, a, req.Login, proto, req.PasswordHash)
-			return struct{}{}, err
-		})
-		if err != nil && s.clientGone(ctx, "report", a, err) {
-			return VerdictGone
+		if !req.KnownFailType() {
+			s.warn("fail_type", "unknown fail_type in a report: counted as a failed login",
+				"fail_type", req.FailType, "remote", a, "protocol", proto)
 		}
-		if err != nil {
-			s.storeError()
-			s.log.Warn("guard: recording a failure", "remote", a, "protocol", proto, "err", err)
-			return VerdictError
+		cause = "fail"
+		pwhash := boundHash(req.PasswordHash)
+		f = func(ctx context.Context) error { return s.Guard.Fail(ctx, a, req.Login, proto, pwhash) }
+	default:
+		return VerdictIgnored
+	}
+	_, err := call(ctx, s, func(ctx context.Context) (struct{}, error) { return struct{}{}, f(ctx) })
+	if err != nil && s.clientGone(ctx, "report", a, err) {
+		return VerdictGone
+	}
+	if err != nil {
+		s.metrics.StoreError()
+		what := "guard: recording a success"
+		if cause == "fail" {
+			what = "guard: recording a failure"
 		}
+		s.warn(cause, what, "remote", a, "protocol", proto, "err", err)
+		return VerdictError
+	}
+	if cause == "fail" {
 		return VerdictFailure
 	}
-	return VerdictIgnored
+	return VerdictSuccess
+}
+
+// maxHashLen is the longest pwhash kept as it is: Dovecot sends the hex of
+// at most a SHA-512 (128 digits), truncated to 12 bits (4 digits) by default.
+const maxHashLen = 128
+
+// boundHash keeps what a client sends as pwhash from costing the store more
+// than a real one: a longer value becomes the hex of its SHA-256.
+func boundHash(h string) string {
+	if len(h) <= maxHashLen {
+		return h
+	}
+	sum := sha256.Sum256([]byte(h))
+	return hex.EncodeToString(sum[:])
 }
 
 // call runs f with ctx in a goroutine holding one of MaxConcurrent slots, and
@@ -196,12 +229,17 @@ func call[T any](ctx context.Context, s *Server, f func(context.Context) (T, err
 	case <-ctx.Done():
 		return zero, fmt.Errorf("authhook: all %d guard slots busy: %w", cap(s.sem), ctx.Err())
 	}
+	if !s.enter() {
+		<-s.sem
+		return zero, errors.New("authhook: server closed")
+	}
 	type result struct {
 		v   T
 		err error
 	}
 	ch := make(chan result, 1)
 	go func() {
+		defer s.busy.Done()
 		defer func() { <-s.sem }()
 		defer func() {
 			if p := recover(); p != nil {
@@ -228,12 +266,6 @@ func (s *Server) clientGone(ctx context.Context, stage string, a netip.Addr, err
 	}
 	s.log.Debug("client went away", "stage", stage, "remote", a, "err", err)
 	return true
-}
-
-func (s *Server) storeError() {
-	if m, ok := s.Metrics.(StoreErrorCounter); ok {
-		m.StoreError()
-	}
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

@@ -22,11 +22,13 @@ type recorded struct {
 	Body json.RawMessage `json:"body"`
 }
 
-// TestGolden replays the requests recorded from Dovecot 2.3.19 and compares
+// TestGolden replays the requests recorded from Dovecot 2.3.19, and those
+// built from Dovecot 2.4's src/auth/auth-policy.c (dovecot-2.4-*.json: the
+// same attributes plus fail_type, pwhash with nonce "nonce"), and compares
 // the guard calls and replies with testdata/*.golden. 127.0.0.3 is banned,
 // the tarpit starts at the first failure.
 func TestGolden(t *testing.T) {
-	files, err := filepath.Glob("testdata/dovecot-2.3-*.json")
+	files, err := filepath.Glob("testdata/dovecot-*.json")
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no recorded requests: %v", err)
 	}
@@ -296,6 +298,14 @@ func TestReport(t *testing.T) {
 		{"2.4 unknown user", []any{"success", false, "policy_reject", false, "fail_type", "account"}, "fail 192.0.2.1 alice imap 0abc", "failure"},
 		{"2.4 disabled", []any{"success", false, "policy_reject", false, "fail_type", "disabled"}, "", "ignored"},
 		{"2.4 internal", []any{"success", false, "policy_reject", false, "fail_type", "internal"}, "", "ignored"},
+		{"2.4 expired", []any{"success", false, "policy_reject", false, "fail_type", "expired"}, "", "ignored"},
+		{"2.4 policy", []any{"success", false, "policy_reject", true, "fail_type", "policy"}, "", "ignored"},
+		{"2.4 policy without policy_reject", []any{"success", false, "policy_reject", false, "fail_type", "policy"}, "", "ignored"},
+		{"2.4 unknown fail_type still counts", []any{"success", false, "policy_reject", false, "fail_type", "mfa"}, "fail 192.0.2.1 alice imap 0abc", "failure"},
+		{"2.4 success, empty fail_type", []any{"success", true, "policy_reject", false, "fail_type", ""}, "succeed 192.0.2.1 alice", "success"},
+		{"2.4 success wins over a fail_type", []any{"success", true, "fail_type", "credentials"}, "succeed 192.0.2.1 alice", "success"},
+		{"long pwhash bounded", []any{"success", false, "pwhash", strings.Repeat("f", 200)},
+			"fail 192.0.2.1 alice imap " + boundHash(strings.Repeat("f", 200)), "failure"},
 		{"protocol normalized", []any{"success", false, "protocol", "POP3S"}, "fail 192.0.2.1 alice pop3 0abc", "failure"},
 		{"unknown protocol", []any{"success", false, "protocol", "lmtp"}, "fail 192.0.2.1 alice other 0abc", "failure"},
 		{"nested attributes ignored", []any{"success", false, "attrs", map[string]string{"cos": "gold"}}, "fail 192.0.2.1 alice imap 0abc", "failure"},
@@ -319,6 +329,9 @@ func TestReport(t *testing.T) {
 			}
 			if strings.Contains(buf.String(), "0abc") {
 				t.Errorf("pwhash logged: %s", buf.String())
+			}
+			if warned := strings.Contains(buf.String(), "unknown fail_type"); warned != strings.Contains(tt.name, "unknown fail_type") {
+				t.Errorf("warning about an unknown fail_type: %v, log %s", warned, buf.String())
 			}
 		})
 	}

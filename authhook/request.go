@@ -66,16 +66,39 @@ func (r *Request) Addr() (netip.Addr, error) {
 	return a.Unmap().WithZone(""), nil
 }
 
-// Counts reports whether a report is a guessing failure: a login that failed
-// on its credentials, not one we refused (policy_reject) and, with Dovecot
-// 2.4, not one that failed for an expired or disabled account or an internal
-// error.
+// Fail types of Dovecot 2.4's fail_type (src/auth/auth-policy.c,
+// auth_policy_fail_type), sent in reports; empty in allows, in reports of a
+// successful login, and with Dovecot 2.3.
+const (
+	FailCredentials = "credentials" // wrong password: counted
+	FailAccount     = "account"     // unknown user: counted (guessing user names)
+	FailExpired     = "expired"     // right password, expired: not a guess
+	FailDisabled    = "disabled"    // account disabled: not a guess
+	FailInternal    = "internal"    // passdb or scheme failure: Dovecot's, not the client's
+	FailPolicy      = "policy"      // refused by the policy server (us): counted once already
+)
+
+// Counts reports whether a report is a guessing failure: a login that did
+// not succeed, that we did not refuse (policy_reject), and whose fail_type is
+// not one of expired, disabled, internal or policy. An empty fail_type
+// (Dovecot 2.3), credentials and account count, and so does a value this
+// package does not know: a future Dovecot must not switch counting off.
 func (r *Request) Counts() bool {
 	if r.Success || r.PolicyReject {
 		return false
 	}
 	switch r.FailType {
-	case "", "credentials", "account":
+	case FailExpired, FailDisabled, FailInternal, FailPolicy:
+		return false
+	}
+	return true
+}
+
+// KnownFailType reports whether FailType is empty or one of the Fail
+// constants.
+func (r *Request) KnownFailType() bool {
+	switch r.FailType {
+	case "", FailCredentials, FailAccount, FailExpired, FailDisabled, FailInternal, FailPolicy:
 		return true
 	}
 	return false
@@ -90,15 +113,13 @@ func (r Request) LogValue() slog.Value {
 		slog.String("session_id", r.SessionID),
 		slog.Bool("success", r.Success),
 		slog.Bool("policy_reject", r.PolicyReject),
+		slog.String("fail_type", r.FailType),
 	)
 }
 
-// Protocols are the protocol names authhook passes to Guard.Fail (and so to
-// guard's failure metrics); NormalizeProtocol maps everything else to "other".
-var Protocols = []string{"imap", "pop3", "smtp", "submission", "sieve", "other"}
-
-// NormalizeProtocol maps Dovecot's %s (service name) onto Protocols, so that
-// jail protocol filters and metrics labels see a small known set.
+// NormalizeProtocol maps Dovecot's %s (service name) onto imap, pop3, smtp,
+// submission, sieve and other, so that jail protocol filters and metrics
+// labels see a small known set.
 func NormalizeProtocol(p string) string {
 	switch strings.ToLower(strings.TrimSpace(p)) {
 	case "imap", "imaps":

@@ -1,7 +1,9 @@
 // Package authhook serves Dovecot's auth policy HTTP API: the auth_policy_*
 // settings of Dovecot 2.3 and 2.4, documented as "Authentication policy
 // support" in Dovecot's admin manual. testdata/ holds requests recorded from
-// Dovecot 2.3.19, whose behaviour is what this package follows.
+// Dovecot 2.3.19, whose behaviour is what this package follows, and requests
+// built from Dovecot 2.4's source (src/auth/auth-policy.c), which adds
+// fail_type to reports.
 //
 // Dovecot posts a JSON object of string attributes to {url}?command=allow
 // before checking the password, once more after a right password (the
@@ -10,16 +12,19 @@
 // {"status":S,"msg":M}: S<0 refuses the login with M, S=0 allows it, S>0
 // delays it S seconds (the tarpit). Dovecot takes any other answer as "allow"
 // (auth_policy_reject_on_fail = no), so 4xx answers are kept for requests that
-// are not Dovecot's: wrong method, API header, command, body or address.
+// are not Dovecot's: wrong method, API header, command, body or address; a
+// 4xx answer closes its connection.
 //
 // authhook knows the wire protocol and nothing about bans: it asks a Guard.
 package authhook
 
 import (
+	"container/list"
 	"context"
 	"crypto/subtle"
 	"errors"
 	"fmt"
+	"log"
 	"log/slog"
 	"net"
 	"net/http"
@@ -28,23 +33,19 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/net/netutil"
-
 	"github.com/mailguard/mailguard/internal/dedup"
-	"github.com/mailguard/mailguard/internal/listen"
-	"github.com/mailguard/mailguard/store"
 )
 
-// Guard is what authhook consumes: *guard.Guard implements it. authhook
-// imports store (a leaf package) only for the Ban type of Fail's result.
-// Implementations must be safe for concurrent use and should return when ctx
-// is done (authhook answers at Server.Timeout either way).
+// Guard is what authhook consumes: *guard.Guard implements Check and
+// Succeed, and cmd adapts its Fail. Implementations must be safe for
+// concurrent use and should return when ctx is done (authhook answers at
+// Server.Timeout either way).
 type Guard interface {
 	// Check tells whether the client, or the user logging in from it, is
 	// refused, and how many recent failures count against it.
 	Check(ctx context.Context, a netip.Addr, user string) (CheckResult, error)
 	// Fail records a failed login; pwhash tells distinct passwords apart.
-	Fail(ctx context.Context, a netip.Addr, user, protocol, pwhash string) ([]store.Ban, error)
+	Fail(ctx context.Context, a netip.Addr, user, protocol, pwhash string) error
 	// Succeed records a successful login.
 	Succeed(ctx context.Context, a netip.Addr, user string) error
 }
@@ -53,6 +54,9 @@ type Guard interface {
 type CheckResult struct {
 	// Refused refuses the login (status -1).
 	Refused bool
+	// Banned names the subject of the ban that refuses (a prefix, a user):
+	// refusal log lines are rate-limited per banned subject.
+	Banned string
 	// ByUser: the refusal is about the user's account (a ban keyed by user
 	// alone), not the client's network; it is answered with RejectUserMsg.
 	ByUser bool
@@ -62,24 +66,17 @@ type CheckResult struct {
 	Failures, UserFailures int
 }
 
-// Metrics receives one call per well-formed request, with its verdict (one
-// of the Verdict constants) and the time from the request read to the
-// decision. It has the shape of policyd.Metrics, so that one metrics type
-// serves both front ends. Optional abilities, found by type assertion:
-// BadRequestCounter and StoreErrorCounter. Implementations must be safe for
-// concurrent use.
+// Metrics receives what Server counts. It has the shape of policyd.Metrics,
+// so that one metrics type serves both front ends. Implementations must be
+// safe for concurrent use.
 type Metrics interface {
+	// Request is called once per well-formed request with its verdict (a
+	// Verdict constant) and the time from the request read to the decision.
 	Request(verdict string, d time.Duration)
-}
-
-// BadRequestCounter counts requests answered 4xx, by reason (one of the
-// Reason constants).
-type BadRequestCounter interface {
+	// BadRequest counts a request answered 4xx, or a connection closed over
+	// MaxConns, by reason (a Reason constant).
 	BadRequest(reason string)
-}
-
-// StoreErrorCounter counts guard calls that failed or timed out.
-type StoreErrorCounter interface {
+	// StoreError counts a guard call that failed or timed out.
 	StoreError()
 }
 
@@ -97,7 +94,7 @@ const (
 	VerdictGone       = "gone"        // Dovecot hung up before the guard answered
 )
 
-// Reasons passed to BadRequestCounter.BadRequest.
+// Reasons passed to Metrics.BadRequest.
 const (
 	ReasonMethod       = "method"       // 405: not POST
 	ReasonUnauthorized = "unauthorized" // 401: API header missing or wrong
@@ -106,6 +103,9 @@ const (
 	ReasonJSON         = "json"         // 400: not a JSON object of Dovecot's types
 	ReasonNoRemote     = "no-remote"    // 400: no remote attribute
 	ReasonBadRemote    = "bad-remote"   // 400: remote is not an IP address
+	// ReasonTooManyConns: a connection closed at MaxConns, the longest-idle
+	// one to make room for a new one, or the new one when none is idle.
+	ReasonTooManyConns = "too-many-conns"
 )
 
 // Defaults used for zero fields of Server; mailguard's config takes its
@@ -130,9 +130,20 @@ const (
 )
 
 // Server answers Dovecot's auth policy requests. It is an http.Handler (for
-// any path: the command is in the query) and can serve its own listener.
-// Set the fields before the first request and do not change them afterwards;
-// zero fields take the defaults above. Server is safe for concurrent use.
+// any path: the command is in the query) and can serve its own listeners.
+// Set the fields before the first request and do not change them
+// afterwards; zero fields take the defaults above, and Server never writes
+// to them. Server is safe for concurrent use.
+//
+// Serve bounds connections by MaxConns. At the bound, a new connection
+// closes the one that has waited longest for a request (first those that
+// never sent one, then those idle between requests): idle connections,
+// however many, cannot lock Dovecot out, and Dovecot reconnects by itself.
+// Only when every connection is busy with a request is the new one closed.
+//
+// Log lines a client can cause (401s, bad requests, store errors, refusals)
+// are rate-limited per cause, and refusals per banned subject, with the
+// number of lines held back.
 type Server struct {
 	Guard Guard
 	// APIHeader is Dovecot's auth_policy_server_api_header, verbatim:
@@ -141,12 +152,14 @@ type Server struct {
 	APIHeader string
 	// RejectMsg is shown to refused clients (IMAP "NO [ALERT] msg", POP3
 	// "-ERR [AUTH] msg", SMTP "535 5.7.8 Error: authentication failed: msg").
+	// Zero: DefaultRejectMsg.
 	RejectMsg string
 	// RejectUserMsg is shown instead when the refusal is about the user's
 	// account (CheckResult.ByUser): a ban keyed by user refuses it from
-	// every network but the user's known devices.
+	// every network but the user's known devices. Zero: DefaultRejectUserMsg.
 	RejectUserMsg string
 	// TempFailMsg refuses logins when the guard fails and FailOpen is false.
+	// Zero: DefaultTempFailMsg.
 	TempFailMsg string
 	// Tarpit delays the before-auth allow of clients with recent failures.
 	// The zero value never delays; cmd uses DefaultTarpit.
@@ -155,74 +168,117 @@ type Server struct {
 	// Timeout (store.fail_mode open, mailguard's default); false refuses them
 	// with TempFailMsg.
 	FailOpen bool
-	// Timeout bounds the guard's work per request.
+	// Timeout bounds the guard's work per request. Zero: DefaultTimeout.
 	Timeout time.Duration
-	// MaxBody caps the request body in bytes.
+	// MaxBody caps the request body in bytes. Zero: DefaultMaxBody.
 	MaxBody int64
-	// MaxConns caps simultaneous connections (Serve only); MaxConcurrent
+	// MaxConns caps connections (Serve only; see Server); MaxConcurrent
 	// caps guard calls in flight: a request that waits longer than Timeout
-	// for a slot is answered per FailOpen.
+	// for a slot is answered per FailOpen. Zero: DefaultMaxConns,
+	// DefaultMaxConcurrent.
 	MaxConns, MaxConcurrent int
-	// ReadTimeout bounds reading a request; IdleTimeout a kept-alive
-	// connection between requests (Serve only).
+	// ReadTimeout bounds reading a request (the first one of a connection
+	// included); IdleTimeout a kept-alive connection between requests (Serve
+	// only). Zero: DefaultReadTimeout, DefaultIdleTimeout.
 	ReadTimeout, IdleTimeout time.Duration
 	// SessionTTL and MaxSessions bound the memory of before-auth allows
-	// waiting for their after-auth allow or report.
+	// waiting for their after-auth allow or report: Serve forgets them on a
+	// timer. Zero: DefaultSessionTTL, DefaultMaxSessions.
 	SessionTTL  time.Duration
 	MaxSessions int
 	Log         *slog.Logger // nil: slog.Default()
 	Metrics     Metrics      // nil: none
 
-	now      func() time.Time // for tests; nil: time.Now
-	once     sync.Once
-	hdrName  string
-	hdrValue []byte
-	sess     *sessions
-	// refusedLog: a refused client is logged at info once per
-	// refusalLogEvery, its other refusals at debug (no log floods).
-	refusedLog dedup.Once
-	sem        chan struct{}
-	log        *slog.Logger
+	now        func() time.Time // for tests; nil: time.Now
+	sweepEvery time.Duration    // for tests; zero: sessionTTL/4
 
-	mu     sync.Mutex
-	srv    *http.Server
-	closed bool
+	once sync.Once
+	// Resolved from the fields by init.
+	rejectMsg, rejectUserMsg, tempFailMsg string
+	timeout                               time.Duration
+	maxBody                               int64
+	maxConns                              int
+	readTimeout, idleTimeout              time.Duration
+	hdrName                               string
+	hdrValue                              []byte
+	sess                                  *sessions
+	sem                                   chan struct{}
+	log                                   *slog.Logger
+	metrics                               Metrics
+	ctx                                   context.Context // canceled by Close: guard calls, janitor
+	cancel                                context.CancelFunc
+	logs                                  dedup.Limiter  // warnings, one per cause per dedup.DefaultPeriod
+	refusedLog                            dedup.Limiter  // refusals at info, one per banned subject per refusalLogEvery
+	busy                                  sync.WaitGroup // requests and guard calls (which may outlive their request)
+	janitor                               sync.WaitGroup
+	janitorOnce                           sync.Once
+
+	mu      sync.Mutex
+	srv     *http.Server
+	closed  bool // Close or Shutdown: no more serving
+	stopped bool // no more requests or guard calls: busy may be waited for
+	conns   *connTable
 }
+
+// enter registers a request or a guard call, which Close and Shutdown wait
+// for; it returns false once they no longer do.
+func (s *Server) enter() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopped {
+		return false
+	}
+	s.busy.Add(1)
+	return true
+}
+
+// refusalLogEvery is how often one banned subject is logged at info.
+const refusalLogEvery = time.Minute
 
 func (s *Server) init() {
 	s.once.Do(func() {
-		if s.RejectMsg == "" {
-			s.RejectMsg = DefaultRejectMsg
+		// The messages go into a Dovecot protocol line.
+		s.rejectMsg = oneLine(or(s.RejectMsg, DefaultRejectMsg))
+		s.rejectUserMsg = oneLine(or(s.RejectUserMsg, DefaultRejectUserMsg))
+		s.tempFailMsg = oneLine(or(s.TempFailMsg, DefaultTempFailMsg))
+		s.timeout = orDefault(s.Timeout, DefaultTimeout)
+		s.maxBody = orDefault(s.MaxBody, DefaultMaxBody)
+		s.maxConns = orDefault(s.MaxConns, DefaultMaxConns)
+		s.readTimeout = orDefault(s.ReadTimeout, DefaultReadTimeout)
+		s.idleTimeout = orDefault(s.IdleTimeout, DefaultIdleTimeout)
+		ttl := orDefault(s.SessionTTL, DefaultSessionTTL)
+		s.sess = newSessions(ttl, orDefault(s.MaxSessions, DefaultMaxSessions))
+		if s.sweepEvery <= 0 {
+			s.sweepEvery = ttl / 4
 		}
-		if s.RejectUserMsg == "" {
-			s.RejectUserMsg = DefaultRejectUserMsg
-		}
-		if s.TempFailMsg == "" {
-			s.TempFailMsg = DefaultTempFailMsg
-		}
-		// The message goes into a Dovecot protocol line.
-		s.RejectMsg = oneLine(s.RejectMsg)
-		s.RejectUserMsg = oneLine(s.RejectUserMsg)
-		s.TempFailMsg = oneLine(s.TempFailMsg)
-		s.Timeout = orDefault(s.Timeout, DefaultTimeout)
-		s.MaxBody = orDefault(s.MaxBody, DefaultMaxBody)
-		s.MaxConns = orDefault(s.MaxConns, DefaultMaxConns)
-		s.MaxConcurrent = orDefault(s.MaxConcurrent, DefaultMaxConcurrent)
-		s.ReadTimeout = orDefault(s.ReadTimeout, DefaultReadTimeout)
-		s.IdleTimeout = orDefault(s.IdleTimeout, DefaultIdleTimeout)
-		s.SessionTTL = orDefault(s.SessionTTL, DefaultSessionTTL)
-		s.MaxSessions = orDefault(s.MaxSessions, DefaultMaxSessions)
+		s.sem = make(chan struct{}, orDefault(s.MaxConcurrent, DefaultMaxConcurrent))
 		s.log = s.Log
 		if s.log == nil {
 			s.log = slog.Default()
+		}
+		s.metrics = s.Metrics
+		if s.metrics == nil {
+			s.metrics = noMetrics{}
 		}
 		if s.now == nil {
 			s.now = time.Now
 		}
 		s.hdrName, s.hdrValue = parseAPIHeader(s.APIHeader)
-		s.sess = newSessions(s.SessionTTL, s.MaxSessions)
-		s.sem = make(chan struct{}, s.MaxConcurrent)
+		s.ctx, s.cancel = context.WithCancel(context.Background())
 	})
+}
+
+type noMetrics struct{}
+
+func (noMetrics) Request(string, time.Duration) {}
+func (noMetrics) BadRequest(string)             {}
+func (noMetrics) StoreError()                   {}
+
+func or(v, def string) string {
+	if v == "" {
+		return def
+	}
+	return v
 }
 
 func orDefault[T int | int64 | time.Duration](v, def T) T {
@@ -234,6 +290,14 @@ func orDefault[T int | int64 | time.Duration](v, def T) T {
 
 func oneLine(s string) string {
 	return strings.Join(strings.Fields(s), " ")
+}
+
+// warn logs a warning at most once per dedup.DefaultPeriod for its cause,
+// with the number of warnings of that cause held back.
+func (s *Server) warn(cause, msg string, args ...any) {
+	if ok, n := s.logs.Allow(cause, s.now()); ok {
+		s.log.Warn(msg, append(args, "suppressed", n)...)
+	}
 }
 
 // parseAPIHeader splits auth_policy_server_api_header the way Dovecot does:
@@ -260,86 +324,280 @@ func (s *Server) authorized(r *http.Request) bool {
 	return subtle.ConstantTimeCompare(got, s.hdrValue) == 1
 }
 
-// ListenAndServe listens on addr, "host:port" or "unix:/path", and serves
-// until Close. A stale unix socket left by a previous run is replaced.
-func (s *Server) ListenAndServe(addr string) error {
-	l, err := Listen(addr)
-	if err != nil {
-		return err
-	}
-	return s.Serve(l)
-}
-
-// Listen opens "host:port" (TCP) or "unix:/path" (mode 0660). It removes a
-// unix socket file nobody listens on any more, and refuses one still in use.
-func Listen(addr string) (net.Listener, error) {
-	l, err := listen.Listen(addr, 0o660, "")
-	if err != nil {
-		return nil, fmt.Errorf("authhook: %w", err)
-	}
-	return l, nil
-}
-
 // Serve answers requests on l until Close or Shutdown, then returns nil.
-// It closes l.
+// It closes l. It may be called for several listeners.
 func (s *Server) Serve(l net.Listener) error {
 	s.init()
 	if s.Guard == nil {
 		l.Close()
 		return errors.New("authhook: Server.Guard is nil")
 	}
-	srv := s.httpServer()
-	err := srv.Serve(netutil.LimitListener(l, s.MaxConns))
+	srv, conns := s.httpServer()
+	if srv == nil {
+		l.Close()
+		return nil // closed
+	}
+	s.janitorOnce.Do(func() {
+		s.janitor.Add(1)
+		go s.sweep()
+	})
+	err := srv.Serve(&limitListener{Listener: l, t: conns})
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
 	}
 	return fmt.Errorf("authhook: %w", err)
 }
 
-func (s *Server) httpServer() *http.Server {
+// sweep forgets expired sessions every sweepEvery until Close or Shutdown,
+// so that an attempt never reported costs memory for SessionTTL at most,
+// whether or not more requests come.
+func (s *Server) sweep() {
+	defer s.janitor.Done()
+	t := time.NewTicker(s.sweepEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			s.sess.sweep(s.now())
+		case <-s.ctx.Done():
+			return
+		}
+	}
+}
+
+// httpServer returns the http.Server and its connection table, made on
+// first use; nil after Close or Shutdown.
+func (s *Server) httpServer() (*http.Server, *connTable) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.closed {
+		return nil, nil
+	}
 	if s.srv == nil {
+		s.conns = newConnTable(s)
 		s.srv = &http.Server{
 			Handler:           s,
-			ReadHeaderTimeout: s.ReadTimeout,
-			ReadTimeout:       s.ReadTimeout,
+			ReadHeaderTimeout: s.readTimeout,
+			ReadTimeout:       s.readTimeout,
 			// The reply is written at most Timeout after the body is read.
-			WriteTimeout:   s.ReadTimeout + s.Timeout,
-			IdleTimeout:    s.IdleTimeout,
-			MaxHeaderBytes: 16 << 10,
-			ErrorLog:       slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
-		}
-		if s.closed {
-			s.srv.Close() // Serve after Close returns at once
+			WriteTimeout:   s.readTimeout + s.timeout,
+			IdleTimeout:    s.idleTimeout,
+			MaxHeaderBytes: maxHeaderBytes,
+			ConnState:      s.conns.state,
+			BaseContext:    func(net.Listener) context.Context { return s.ctx },
+			ErrorLog:       log.New(httpLog{s}, "", 0),
 		}
 	}
-	return s.srv
+	return s.srv, s.conns
 }
 
-// Close closes the listeners and connections; Serve returns.
+// maxHeaderBytes bounds a request's header (Dovecot sends about 200 bytes).
+const maxHeaderBytes = 16 << 10
+
+// httpLog sends net/http's own lines (accept errors, broken requests) to the
+// log, rate-limited: a client can cause them.
+type httpLog struct{ s *Server }
+
+func (h httpLog) Write(p []byte) (int, error) {
+	h.s.warn("http", "authhook: http server", "msg", strings.TrimSpace(string(p)))
+	return len(p), nil
+}
+
+// Close closes the listeners and connections at once, cancels guard calls
+// and waits for them, for requests and for every goroutine of the server;
+// Serve returns. Requests after Close get 503.
 func (s *Server) Close() error {
+	s.init()
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.closed = true
-	if s.srv == nil {
-		return nil
-	}
-	return s.srv.Close()
-}
-
-// Shutdown stops accepting, waits for requests in flight until ctx is done,
-// then closes; Serve returns.
-func (s *Server) Shutdown(ctx context.Context) error {
-	s.mu.Lock()
-	s.closed = true
+	s.closed, s.stopped = true, true
 	srv := s.srv
 	s.mu.Unlock()
-	if srv == nil {
-		return nil
+	var err error
+	if srv != nil {
+		err = srv.Close()
 	}
-	return srv.Shutdown(ctx)
+	s.cancel()
+	s.busy.Wait()
+	s.janitor.Wait()
+	return err
 }
 
-// refusalLogEvery is how often one refused client is logged at info.
-const refusalLogEvery = time.Minute
+// Shutdown stops accepting, closes idle connections, lets requests in
+// flight finish and waits for them and for every goroutine of the server.
+// If ctx ends first it calls Close and returns ctx's error; Serve returns.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.init()
+	s.mu.Lock()
+	s.closed = true
+	srv, conns := s.srv, s.conns
+	s.mu.Unlock()
+	if srv != nil {
+		// net/http waits up to 5 s for a connection that has sent nothing:
+		// such a connection has no request in flight to finish.
+		conns.closeFresh()
+		if err := srv.Shutdown(ctx); err != nil {
+			s.Close()
+			return err
+		}
+	}
+	s.mu.Lock()
+	s.stopped = true
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		s.busy.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		s.Close()
+		<-done
+		return ctx.Err()
+	}
+	s.cancel()
+	s.janitor.Wait()
+	return nil
+}
+
+// connTable tracks Serve's connections for MaxConns: those waiting for
+// their first request (fresh) and those idle between requests, each in the
+// order they started waiting, so that the longest-waiting one can be closed
+// to make room.
+type connTable struct {
+	s           *Server
+	mu          sync.Mutex
+	conns       map[net.Conn]*tracked
+	fresh, idle *list.List // of net.Conn
+	closing     bool       // Shutdown: admit nothing more
+}
+
+type tracked struct {
+	elem *list.Element // in fresh or idle while waiting for a request
+	list *list.List
+}
+
+func newConnTable(s *Server) *connTable {
+	return &connTable{s: s, conns: make(map[net.Conn]*tracked), fresh: list.New(), idle: list.New()}
+}
+
+// closeFresh closes the connections that have not sent a request, and
+// every one admitted from now on.
+func (t *connTable) closeFresh() {
+	t.mu.Lock()
+	t.closing = true
+	var fresh []net.Conn
+	for e := t.fresh.Front(); e != nil; e = e.Next() {
+		fresh = append(fresh, e.Value.(net.Conn))
+	}
+	for _, c := range fresh {
+		t.forget(c)
+	}
+	t.mu.Unlock()
+	for _, c := range fresh {
+		c.Close()
+	}
+}
+
+// admit gives c a slot, closing the longest-waiting connection at MaxConns.
+// It returns false (and closes c) when every connection is busy.
+func (t *connTable) admit(c net.Conn) bool {
+	t.mu.Lock()
+	if t.closing {
+		t.mu.Unlock()
+		c.Close()
+		return false
+	}
+	var victim net.Conn
+	if len(t.conns) >= t.s.maxConns {
+		for _, l := range []*list.List{t.fresh, t.idle} {
+			if e := l.Front(); e != nil {
+				victim = e.Value.(net.Conn)
+				break
+			}
+		}
+		if victim == nil {
+			t.mu.Unlock()
+			c.Close()
+			t.s.metrics.BadRequest(ReasonTooManyConns)
+			t.s.warn("full", "authhook: too many connections, all busy: closing the new one",
+				"limit", t.s.maxConns, "peer", c.RemoteAddr())
+			return false
+		}
+		t.forget(victim)
+	}
+	t.conns[c] = &tracked{elem: t.fresh.PushBack(c), list: t.fresh}
+	t.mu.Unlock()
+	if victim != nil {
+		victim.Close()
+		t.s.metrics.BadRequest(ReasonTooManyConns)
+		t.s.warn("evict", "authhook: too many connections: closed the longest-idle one",
+			"limit", t.s.maxConns, "peer", victim.RemoteAddr())
+	}
+	return true
+}
+
+// state follows net/http's view of each connection (http.Server.ConnState).
+func (t *connTable) state(c net.Conn, st http.ConnState) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	tr, ok := t.conns[c]
+	if !ok {
+		return // closed to make room
+	}
+	switch st {
+	case http.StateActive:
+		t.unlist(tr)
+	case http.StateIdle:
+		t.unlist(tr)
+		tr.elem, tr.list = t.idle.PushBack(c), t.idle
+	case http.StateHijacked, http.StateClosed:
+		t.forget(c)
+	}
+}
+
+func (t *connTable) unlist(tr *tracked) {
+	if tr.elem != nil {
+		tr.list.Remove(tr.elem)
+		tr.elem, tr.list = nil, nil
+	}
+}
+
+// forget drops c from the table. t.mu must be held.
+func (t *connTable) forget(c net.Conn) {
+	if tr, ok := t.conns[c]; ok {
+		t.unlist(tr)
+		delete(t.conns, c)
+	}
+}
+
+// activeLen is the number of connections working on a request.
+func (t *connTable) activeLen() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.conns) - t.fresh.Len() - t.idle.Len()
+}
+
+func (t *connTable) idleLen() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.idle.Len()
+}
+
+// limitListener admits each accepted connection into its table.
+type limitListener struct {
+	net.Listener
+	t *connTable
+}
+
+func (l *limitListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		if l.t.admit(c) {
+			return c, nil
+		}
+	}
+}

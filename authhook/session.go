@@ -2,6 +2,7 @@ package authhook
 
 import (
 	"container/list"
+	"hash/maphash"
 	"sync"
 	"time"
 )
@@ -10,38 +11,58 @@ import (
 // carry the same body and differ only in order: an entry exists between a
 // before-auth allow and the next allow or report of the same login attempt.
 // It is bounded (the oldest entry goes first) and entries expire after ttl,
-// so a lost report costs at most one untarpitted attempt.
+// so a lost report costs at most one untarpitted attempt. An entry is a
+// fixed-size hash of the attempt, whatever the length of the login: about
+// 150 bytes, so DefaultMaxSessions entries hold about 15 MB.
 type sessions struct {
 	mu    sync.Mutex
+	seed  maphash.Seed
 	ttl   time.Duration
 	limit int
 	order *list.List // of *sessionEntry, oldest first
-	byKey map[string]*list.Element
+	byKey map[uint64]*list.Element
 }
 
 type sessionEntry struct {
-	key     string
+	key     uint64
 	created time.Time
 }
 
 func newSessions(ttl time.Duration, limit int) *sessions {
-	return &sessions{ttl: ttl, limit: limit, order: list.New(), byKey: make(map[string]*list.Element)}
+	return &sessions{seed: maphash.MakeSeed(), ttl: ttl, limit: limit, order: list.New(), byKey: make(map[uint64]*list.Element)}
 }
 
 // sessionKey names one login attempt: Dovecot's session id, or for Postfix
 // SASL (whose session_id is empty) the client address. The login and the
 // password hash are part of the key so that parallel attempts from one
 // address with different passwords do not pass for each other's second allow.
-func sessionKey(r *Request) string {
+func sessionKey(r *Request) attempt {
 	id := "s:" + r.SessionID
 	if r.SessionID == "" {
 		id = "r:" + r.Remote
 	}
-	return id + "\x00" + r.Login + "\x00" + r.PasswordHash
+	return attempt{id, r.Login, r.PasswordHash}
+}
+
+// attempt is what names a login attempt, before hashing.
+type attempt struct{ id, login, pwhash string }
+
+// hash is a's key: 64 bits of a seeded hash, so that a client cannot make
+// two attempts collide (by chance: about one in 10^10 at 100,000 entries,
+// and a collision only spares one attempt its tarpit).
+func (s *sessions) hash(a attempt) uint64 {
+	var h maphash.Hash
+	h.SetSeed(s.seed)
+	for _, f := range []string{a.id, a.login, a.pwhash} {
+		h.WriteString(f)
+		h.WriteByte(0)
+	}
+	return h.Sum64()
 }
 
 // allow records an allow and reports whether it is the after-auth one.
-func (s *sessions) allow(key string, now time.Time) (after bool) {
+func (s *sessions) allow(a attempt, now time.Time) (after bool) {
+	key := s.hash(a)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.expire(now)
@@ -58,7 +79,8 @@ func (s *sessions) allow(key string, now time.Time) (after bool) {
 }
 
 // done forgets a login attempt once Dovecot reports it.
-func (s *sessions) done(key string, now time.Time) {
+func (s *sessions) done(a attempt, now time.Time) {
+	key := s.hash(a)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.expire(now)
@@ -66,6 +88,13 @@ func (s *sessions) done(key string, now time.Time) {
 		s.order.Remove(e)
 		delete(s.byKey, key)
 	}
+}
+
+// sweep forgets the expired entries.
+func (s *sessions) sweep(now time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.expire(now)
 }
 
 func (s *sessions) len() int {

@@ -108,7 +108,7 @@ type Guard struct {
 	metrics  Metrics
 	now      func() time.Time
 
-	rateLogged dedup.Once // "rate limit" info lines, one per key per findtime
+	rateLogged dedup.Limiter // "rate limit" info lines, one per key per findtime
 
 	protoMu sync.Mutex
 	byProto map[string]map[string]int64 // jail → protocol → failures counted by this node
@@ -228,10 +228,13 @@ type Verdict struct {
 
 // Check tells whether a client (and, if not empty, the user it logs in as) is
 // refused, and how many recent failures count against it (the most of any
-// jail counting auth failures). See CheckLogin.
-func (g *Guard) Check(ctx context.Context, a netip.Addr, user string) (refused bool, failures int, err error) {
+// jail counting auth failures). banned names the subject of the ban that
+// refuses (Verdict.Banned), empty when the client is not refused: front ends
+// key their refusal log lines by it, so that a client rotating through a
+// banned prefix makes one line, not one per address. See CheckLogin.
+func (g *Guard) Check(ctx context.Context, a netip.Addr, user string) (banned string, failures int, err error) {
 	v, err := g.CheckLogin(ctx, a, user)
-	return v.Refused, max(v.Failures, v.UserFailures), err
+	return v.Banned, max(v.Failures, v.UserFailures), err
 }
 
 // CheckLogin tells whether a client (and, if not empty, the user it logs in
@@ -434,8 +437,8 @@ func (g *Guard) Recipient(ctx context.Context, a netip.Addr, user string) (over 
 		}
 		g.counted(j.Name, "smtp")
 		if r.Count > j.MaxRetry || r.Ban != nil {
-			if g.rateLogged.First(j.Name+"|"+s, g.now(), j.FindTime) {
-				g.log.Info("rate limit", "jail", j.Name, "key", s, "count", r.Count, "findtime", j.FindTime)
+			if ok, n := g.rateLogged.AllowEvery(j.Name+"|"+s, g.now(), j.FindTime); ok {
+				g.log.Info("rate limit", "jail", j.Name, "key", s, "count", r.Count, "findtime", j.FindTime, "suppressed", n)
 			} else {
 				g.log.Debug("rate limit", "jail", j.Name, "key", s, "count", r.Count)
 			}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -52,12 +53,12 @@ func newGuard(t *testing.T, jails ...Jail) (*Guard, *clock) {
 
 func mustRefused(t *testing.T, g *Guard, a, user string, want bool) {
 	t.Helper()
-	got, _, err := g.Check(context.Background(), netip.MustParseAddr(a), user)
+	banned, _, err := g.Check(context.Background(), netip.MustParseAddr(a), user)
 	if err != nil {
 		t.Fatalf("Check(%s, %q): %v", a, user, err)
 	}
-	if got != want {
-		t.Fatalf("Check(%s, %q) refused = %v, want %v", a, user, got, want)
+	if got := banned != ""; got != want {
+		t.Fatalf("Check(%s, %q) refused = %v (%q), want %v", a, user, banned != "", banned, want)
 	}
 }
 
@@ -202,6 +203,35 @@ func TestDistinctPasswordsAndKnownDevice(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustRefused(t, g, "203.0.113.5", "alice@example.org", false)
+}
+
+// Logins longer than maxLoginLen are kept as a fixed-size digest: they still
+// count and ban (case-insensitively, as every login), but cost the store no
+// more than a short one.
+func TestLongLoginDigest(t *testing.T) {
+	g, _ := newGuard(t, userJail)
+	long := "a" + strings.Repeat("x", 8000) + "@example.org"
+	fail(t, g, "203.0.113.5", long, "0111", 1)
+	fail(t, g, "203.0.113.6", strings.ToUpper(long), "0222", 1)
+	bans := fail(t, g, "203.0.113.7", "  "+long, "0333", 1)
+	if len(bans) != 1 {
+		t.Fatalf("3 distinct passwords for a long login: bans %v, want one", bans)
+	}
+	if n := len(bans[0].Subject); n > len("user:")+maxLoginLen {
+		t.Errorf("ban subject is %d bytes, want at most %d", n, len("user:")+maxLoginLen)
+	}
+	mustRefused(t, g, "203.0.113.9", strings.ToUpper(long), true)
+	mustRefused(t, g, "203.0.113.9", long[:maxLoginLen], false)
+	// A login at the bound is kept as it is.
+	edge := strings.Repeat("b", maxLoginLen)
+	if got := normUser(edge); got != edge {
+		t.Errorf("normUser(%d bytes) = %q, want it unchanged", len(edge), got)
+	}
+	for _, u := range []string{long, edge, "Alice"} {
+		if once := normUser(u); normUser(once) != once {
+			t.Errorf("normUser is not idempotent on %.20q...", u)
+		}
+	}
 }
 
 func TestRecipientRate(t *testing.T) {

@@ -1,6 +1,8 @@
 package guard
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -56,9 +58,31 @@ func Canon(a netip.Addr) netip.Addr {
 	return a.Unmap().WithZone("")
 }
 
-func netSubject(p netip.Prefix) string     { return "net:" + p.Masked().String() }
-func userSubject(u string) string          { return "user:" + normUser(u) }
-func normUser(u string) string             { return strings.ToLower(strings.TrimSpace(u)) }
+func netSubject(p netip.Prefix) string { return "net:" + p.Masked().String() }
+func userSubject(u string) string      { return "user:" + normUser(u) }
+
+// maxLoginLen is the longest login guard keeps as it is. A mailbox address
+// is at most 254 bytes (RFC 5321's 256-byte path less its angle brackets),
+// but Dovecot passes logins up to its auth protocol's line limit (~16 KB) and
+// Postfix SASL usernames up to its line_length_limit (2048): an attacker's
+// 8,000-byte logins would cost 8 KB per failure in the store, for findtime.
+const maxLoginLen = 255
+
+// normUser is the form of a login that guard counts, bans, stores and
+// compares: trimmed and lower-cased; past maxLoginLen bytes, a fixed-size
+// digest of that ("sha256:" and 32 hex digits), so that memory per key is
+// bounded while long logins still count (refusing them instead would let an
+// attacker guess passwords uncounted behind a long login). It is idempotent:
+// normUser(normUser(u)) == normUser(u).
+func normUser(u string) string {
+	u = strings.ToLower(strings.TrimSpace(u))
+	if len(u) <= maxLoginLen {
+		return u
+	}
+	sum := sha256.Sum256([]byte(u))
+	return "sha256:" + hex.EncodeToString(sum[:16])
+}
+
 func hostPrefix(a netip.Addr) netip.Prefix { return netip.PrefixFrom(a, a.BitLen()) }
 
 func userNetSubject(u string, p netip.Prefix) string {

@@ -2,6 +2,7 @@ package policyd
 
 import (
 	"bufio"
+	"container/list"
 	"context"
 	"errors"
 	"fmt"
@@ -13,7 +14,8 @@ import (
 	"time"
 )
 
-// conn is the state of one Postfix connection, owned by its goroutine.
+// conn is the state of one Postfix connection, owned by its goroutine
+// except for the fields guarded by s.mu.
 type conn struct {
 	s      *Server
 	c      net.Conn
@@ -21,55 +23,121 @@ type conn struct {
 
 	// running is closed when a guard call abandoned at Timeout returns.
 	running chan struct{}
+
+	// Guarded by s.mu.
+	waiting *list.Element // in s.fresh or s.idle while waiting for a request
+	served  bool          // has been answered at least once
+	dropped bool          // lost its slot (evicted, Shutdown, Close): stop
 }
 
-func (s *Server) serveConn(c net.Conn) {
-	cn := &conn{s: s, c: c, remote: remote(c)}
+func (s *Server) serveConn(cn *conn) {
+	c := cn.c
 	defer func() {
 		s.mu.Lock()
-		delete(s.conns, c)
+		cn.unlist()
+		delete(s.conns, cn)
 		s.mu.Unlock()
 		c.Close()
 		s.wg.Done()
 	}()
 	br := bufio.NewReader(c)
-	lim := Limits{MaxLineLen: s.MaxLineLen, MaxAttrs: s.MaxAttrs}
-	idle := or(s.IdleTimeout, DefaultIdleTimeout)
 	for {
 		// One deadline for the whole request: a peer that dribbles bytes
-		// cannot keep a connection longer than an idle one.
-		c.SetReadDeadline(time.Now().Add(idle))
-		req, err := ReadRequest(br, lim)
+		// cannot keep a connection longer than an idle one. The first
+		// request has a shorter one: Postfix sends it at once.
+		first := !cn.served
+		if first {
+			c.SetReadDeadline(time.Now().Add(s.firstTimeout))
+		} else {
+			c.SetReadDeadline(time.Now().Add(s.idleTimeout))
+		}
+		if !cn.wait() {
+			return
+		}
+		req, err := ReadRequest(br, s.limits)
+		if !cn.work() {
+			return // closed under us: to make room, or by Shutdown or Close
+		}
 		if err != nil {
-			cn.readFailed(err)
+			cn.readFailed(err, first)
 			return
 		}
 		start := time.Now()
 		action, verdict := cn.decide(req)
-		if s.Metrics != nil {
-			s.Metrics.Request(verdict, time.Since(start))
-		}
+		s.metrics.Request(verdict, time.Since(start))
 		c.SetWriteDeadline(time.Now().Add(writeTimeout))
 		if err := WriteReply(c, action); err != nil {
-			if !s.isClosed() {
-				s.log().Debug("policyd: writing reply", "remote", cn.remote, "err", err)
+			if !s.isShutdown() {
+				s.log.Debug("policyd: writing reply", "remote", cn.remote, "err", err)
 			}
 			return
 		}
+		s.mu.Lock()
+		cn.served = true
+		s.mu.Unlock()
 	}
 }
 
-func (cn *conn) readFailed(err error) {
+// wait puts cn at the back of the waiting connections (those that may be
+// closed to make room). It returns false if cn is to stop.
+func (cn *conn) wait() bool {
+	s := cn.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if cn.dropped || s.shutdown {
+		return false
+	}
+	if cn.waiting != nil {
+		return true // listed by admit
+	}
+	l := s.fresh
+	if cn.served {
+		l = s.idle
+	}
+	cn.waiting = l.PushBack(cn)
+	return true
+}
+
+// work takes cn off the waiting connections once a request (or an error) is
+// read. It returns false if cn lost its slot meanwhile.
+func (cn *conn) work() bool {
+	s := cn.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cn.unlist()
+	return !cn.dropped
+}
+
+// unlist takes cn off its waiting list, if on one. s.mu must be held.
+func (cn *conn) unlist() {
+	if cn.waiting == nil {
+		return
+	}
+	l := cn.s.fresh
+	if cn.served {
+		l = cn.s.idle
+	}
+	l.Remove(cn.waiting)
+	cn.waiting = nil
+}
+
+func (cn *conn) readFailed(err error, first bool) {
 	s := cn.s
 	switch {
-	case s.isClosed():
 	case err == io.EOF:
-		s.log().Debug("policyd: connection closed by peer", "remote", cn.remote)
+		s.log.Debug("policyd: connection closed by peer", "remote", cn.remote)
 	case errors.Is(err, os.ErrDeadlineExceeded) && !errors.Is(err, ErrTruncated):
-		s.log().Debug("policyd: idle connection closed", "remote", cn.remote)
+		if first {
+			// Nothing sent since connecting: not Postfix.
+			s.metrics.BadRequest(ReasonNoRequest)
+			s.warn("bad:"+ReasonNoRequest, "policyd: no request within the first-request timeout, connection closed",
+				"remote", cn.remote, "timeout", s.firstTimeout)
+			return
+		}
+		s.log.Debug("policyd: idle connection closed", "remote", cn.remote)
 	case !isProtocolError(err):
 		// A reset or other I/O error from the peer is not a bad request.
-		s.log().Debug("policyd: connection error", "remote", cn.remote, "err", err)
+		s.log.Debug("policyd: connection error", "remote", cn.remote, "err", err)
 	default:
 		reason := ReasonMalformed
 		switch {
@@ -77,19 +145,19 @@ func (cn *conn) readFailed(err error) {
 			reason = ReasonLineTooLong
 		case errors.Is(err, ErrTooManyAttrs):
 			reason = ReasonTooManyAttrs
+		case errors.Is(err, ErrTooLarge):
+			reason = ReasonTooLarge
 		case errors.Is(err, ErrTruncated):
 			reason = ReasonTruncated
 		}
-		s.badRequest(reason)
-		if ok, n := s.badLog.ok(logEvery); ok {
-			s.log().Warn("policyd: bad request, connection closed", "remote", cn.remote, "err", err, "suppressed", n)
-		}
+		s.metrics.BadRequest(reason)
+		s.warn("bad:"+reason, "policyd: bad request, connection closed", "remote", cn.remote, "err", err)
 	}
 }
 
 func (cn *conn) decide(req *Request) (action, verdict string) {
 	s := cn.s
-	log := s.log()
+	log := s.log
 	if r := req.Get("request"); r != "smtpd_access_policy" {
 		log.Debug("policyd: not an access policy request", "remote", cn.remote, "request", r)
 		return ActionDunno, VerdictDunno
@@ -117,23 +185,19 @@ func (cn *conn) decide(req *Request) (action, verdict string) {
 	}
 	switch {
 	case o.err != nil:
-		if m, ok := s.Metrics.(StoreErrorCounter); ok {
-			m.StoreError()
-		}
+		s.metrics.StoreError()
 		mode := "closed"
 		action, verdict = s.fail, VerdictFailClosed
 		if s.FailOpen {
 			mode, action, verdict = "open", ActionDunno, VerdictFailOpen
 		}
-		if ok, n := s.failLog.ok(logEvery); ok {
-			log.Warn("policyd: guard unavailable, failing "+mode, "err", o.err, "suppressed", n)
-		}
+		s.warn("guard", "policyd: guard unavailable, failing "+mode, "err", o.err)
 		return action, verdict
-	case o.refused:
-		if s.refusedLog.First(addr.String(), time.Now(), refusalLogEvery) {
-			log.Info("policyd: refuse", "client", addr, "state", state)
+	case o.banned != "":
+		if ok, n := s.refusedLog.AllowEvery(o.banned, s.now(), refusalLogEvery); ok {
+			log.Info("policyd: refuse", "key", o.banned, "client", addr, "state", state, "suppressed", n)
 		} else {
-			log.Debug("policyd: refuse", "client", addr, "state", state)
+			log.Debug("policyd: refuse", "key", o.banned, "client", addr, "state", state)
 		}
 		return s.reject, VerdictReject
 	case o.over:
@@ -145,8 +209,9 @@ func (cn *conn) decide(req *Request) (action, verdict string) {
 }
 
 type outcome struct {
-	refused, over bool
-	err           error
+	banned string // the subject of the ban refusing the client
+	over   bool
+	err    error
 }
 
 var errBusy = errors.New("policyd: previous guard call on this connection still running")
@@ -166,7 +231,7 @@ func (cn *conn) ask(a netip.Addr, user string, rcpt bool) outcome {
 			return outcome{err: errBusy}
 		}
 	}
-	ctx, cancel := context.WithTimeout(s.ctx, or(s.Timeout, DefaultTimeout))
+	ctx, cancel := context.WithTimeout(s.ctx, s.timeout)
 	defer cancel()
 	done := make(chan struct{})
 	var o outcome // written by the goroutine before close(done)
@@ -191,9 +256,9 @@ func call(ctx context.Context, g Guard, a netip.Addr, user string, rcpt bool) (o
 			o = outcome{err: fmt.Errorf("policyd: guard panicked: %v", r)}
 		}
 	}()
-	refused, _, err := g.Check(ctx, a, user)
-	if err != nil || refused {
-		return outcome{refused: refused, err: err}
+	banned, _, err := g.Check(ctx, a, user)
+	if err != nil || banned != "" {
+		return outcome{banned: banned, err: err}
 	}
 	if rcpt {
 		o.over, o.err = g.Recipient(ctx, a, user)
@@ -204,6 +269,6 @@ func call(ctx context.Context, g Guard, a netip.Addr, user string, rcpt bool) (o
 // isProtocolError reports whether err is the peer breaking the protocol
 // (as opposed to the connection failing).
 func isProtocolError(err error) bool {
-	return errors.Is(err, ErrMalformed) || errors.Is(err, ErrLineTooLong) ||
+	return errors.Is(err, ErrMalformed) || errors.Is(err, ErrLineTooLong) || errors.Is(err, ErrTooLarge) ||
 		errors.Is(err, ErrTooManyAttrs) || errors.Is(err, ErrTruncated)
 }

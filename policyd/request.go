@@ -24,6 +24,8 @@ var (
 	// ErrTruncated: the stream ended or failed inside a request. EOF there
 	// also matches io.ErrUnexpectedEOF; other read errors are wrapped too.
 	ErrTruncated = errors.New("policyd: request cut short")
+	// ErrTooLarge: a request is longer than Limits.MaxBytes.
+	ErrTooLarge = errors.New("policyd: request too large")
 )
 
 // Defaults for a zero Limits.
@@ -36,10 +38,24 @@ const (
 	DefaultMaxAttrs = 64
 )
 
+// DefaultMaxBytes bounds a whole request, and so the memory one connection
+// can hold (64 lines of 8 KiB would be 512 KiB). Postfix's attributes are
+// each bounded by its line_length_limit (2048) or less, about 30 of them:
+// a real request stays far below, typically under 1 KiB.
+const DefaultMaxBytes = 64 << 10
+
 // Limits bound what ReadRequest reads. A zero field means its default.
 type Limits struct {
 	MaxLineLen int // bytes per line, without the newline
 	MaxAttrs   int // attributes per request
+	MaxBytes   int // bytes per request, newlines included
+}
+
+func (l Limits) bytes() int {
+	if l.MaxBytes <= 0 {
+		return DefaultMaxBytes
+	}
+	return l.MaxBytes
 }
 
 func (l Limits) lineLen() int {
@@ -182,10 +198,11 @@ func checkName[T string | []byte](name T) error {
 //
 // At a clean end of stream (nothing read) it returns io.EOF, and other read
 // errors as they are when nothing was read (an idle timeout). After that,
-// errors wrap ErrTruncated, ErrLineTooLong, ErrTooManyAttrs or ErrMalformed;
+// errors wrap ErrTruncated, ErrLineTooLong, ErrTooManyAttrs, ErrTooLarge or
+// ErrMalformed;
 // the reader is then left at an undefined position.
 func ReadRequest(br *bufio.Reader, lim Limits) (*Request, error) {
-	maxLine, maxAttrs := lim.lineLen(), lim.attrs()
+	maxLine, maxAttrs, maxBytes := lim.lineLen(), lim.attrs(), lim.bytes()
 	// The request is read into one buffer and becomes one string, which
 	// names and values slice: a handful of allocations per request.
 	type span struct{ start, eq, end int } // name buf[start:eq], value buf[eq+1:end]
@@ -207,6 +224,9 @@ func ReadRequest(br *bufio.Reader, lim Limits) (*Request, error) {
 				return nil, fmt.Errorf("%w (attribute %d, limit %d)", err, n+1, maxLine)
 			}
 			return nil, fmt.Errorf("%w after %d attributes: %w", ErrTruncated, n, err)
+		}
+		if len(buf)+n+1 > maxBytes { // n+1 newlines read so far
+			return nil, fmt.Errorf("%w (limit %d bytes)", ErrTooLarge, maxBytes)
 		}
 		line := buf[start:]
 		if len(line) == 0 {

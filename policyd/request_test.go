@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"slices"
 	"strings"
@@ -66,6 +67,31 @@ func TestReadRequest(t *testing.T) {
 				t.Errorf("ReadRequest(%q) = %q, want %q", tt.in, got, tt.want)
 			}
 		})
+	}
+}
+
+func TestReadRequestMaxBytes(t *testing.T) {
+	lim := Limits{MaxBytes: 10}
+	for in, wantErr := range map[string]error{
+		"a=1\nb=22\n\n":    nil, // 10 bytes
+		"a=1\nb=222\n\n":   ErrTooLarge,
+		"a=123456\n\n":     nil,
+		"a=1234567\n\n":    ErrTooLarge,
+		"a=1\nb=2\nc=33\n": ErrTooLarge, // no need to wait for the end
+	} {
+		_, err := ReadRequest(bufio.NewReader(strings.NewReader(in)), lim)
+		if !errors.Is(err, wantErr) || (wantErr == nil) != (err == nil) {
+			t.Errorf("ReadRequest(%q, MaxBytes 10) = %v, want %v", in, err, wantErr)
+		}
+	}
+	// By default: lines each within the limit, too many bytes together.
+	var big strings.Builder
+	for i := range DefaultMaxAttrs - 1 {
+		fmt.Fprintf(&big, "a%d=%s\n", i, strings.Repeat("x", 2000))
+	}
+	big.WriteString("\n")
+	if _, err := ReadRequest(bufio.NewReader(strings.NewReader(big.String())), Limits{}); !errors.Is(err, ErrTooLarge) {
+		t.Errorf("%d bytes in %d lines: %v, want ErrTooLarge", big.Len(), DefaultMaxAttrs-1, err)
 	}
 }
 

@@ -25,17 +25,18 @@
 package policyd
 
 import (
+	"container/list"
 	"context"
 	"errors"
 	"fmt"
-	"github.com/mailguard/mailguard/internal/dedup"
-	"github.com/mailguard/mailguard/internal/listen"
 	"io/fs"
 	"log/slog"
 	"net"
 	"net/netip"
 	"sync"
 	"time"
+
+	"github.com/mailguard/mailguard/internal/dedup"
 )
 
 // Guard is what Server consumes: mailguard's *guard.Guard implements it.
@@ -43,40 +44,42 @@ import (
 // is done; Server stops waiting at its Timeout in any case.
 type Guard interface {
 	// Check tells whether the client at a, logging in as user when user is
-	// not empty, is refused. failures is not used by policyd.
-	Check(ctx context.Context, a netip.Addr, user string) (refused bool, failures int, err error)
+	// not empty, is refused: banned names the subject of the ban that
+	// refuses it (a prefix, a user), empty when it is not refused. failures
+	// is not used by policyd.
+	Check(ctx context.Context, a netip.Addr, user string) (banned string, failures int, err error)
 	// Recipient counts one recipient sent by user from a; over asks for a
 	// deferral.
 	Recipient(ctx context.Context, a netip.Addr, user string) (over bool, err error)
 }
 
-// Metrics receives one call per request decided, just before the reply is
-// written, with its verdict (one of the Verdict constants) and the time from
-// the request read to the decision. It must be safe for concurrent use.
+// Metrics receives what Server counts. It has the shape of
+// authhook.Metrics, so that one type serves both front ends. It must be safe
+// for concurrent use.
 type Metrics interface {
+	// Request is called once per request decided, just before the reply is
+	// written, with its verdict (a Verdict constant) and the time from the
+	// request read to the decision.
 	Request(verdict string, d time.Duration)
-}
-
-// BadRequestCounter is an optional ability of Metrics: it counts connections
-// closed for a bad request, and connections refused over MaxConns, by reason
-// (one of the Reason constants).
-type BadRequestCounter interface {
+	// BadRequest counts a connection closed for a bad request or over
+	// MaxConns, by reason (a Reason constant).
 	BadRequest(reason string)
-}
-
-// StoreErrorCounter is an optional ability of Metrics: it counts requests
-// whose guard calls failed or timed out (answered per FailOpen).
-type StoreErrorCounter interface {
+	// StoreError counts a request whose guard calls failed or timed out
+	// (answered per FailOpen).
 	StoreError()
 }
 
-// Reasons passed to BadRequestCounter.BadRequest.
+// Reasons passed to Metrics.BadRequest.
 const (
 	ReasonLineTooLong  = "line-too-long"  // ErrLineTooLong
 	ReasonTooManyAttrs = "too-many-attrs" // ErrTooManyAttrs
+	ReasonTooLarge     = "too-large"      // ErrTooLarge
 	ReasonMalformed    = "malformed"      // ErrMalformed
 	ReasonTruncated    = "truncated"      // ErrTruncated: EOF or timeout inside a request
-	ReasonTooManyConns = "too-many-conns" // a connection over MaxConns, closed at once
+	ReasonNoRequest    = "no-request"     // nothing sent within FirstTimeout of connecting
+	// ReasonTooManyConns: a connection closed at MaxConns, the longest-idle
+	// one to make room for a new one, or the new one when none is idle.
+	ReasonTooManyConns = "too-many-conns"
 )
 
 // Verdicts as reported to Metrics.
@@ -105,19 +108,36 @@ const (
 	DefaultSocketMode  = fs.FileMode(0o660)
 )
 
+// DefaultFirstTimeout bounds the wait for the first request of a connection.
+// Postfix writes its request as soon as it has connected, and gives up on
+// the policy service after its own timeout (timeout=5s in contrib's
+// check_policy_service): a connection that has sent nothing by then is not
+// Postfix's, and must not hold a slot.
+const DefaultFirstTimeout = 5 * time.Second
+
 const (
-	writeTimeout = 10 * time.Second       // a reply that Postfix does not read
-	logEvery     = 10 * time.Second       // at most one line per kind of trouble
-	repeatWindow = time.Second            // see fold
-	backoffMax   = 500 * time.Millisecond // after an Accept error
+	writeTimeout    = 10 * time.Second       // a reply that Postfix does not read
+	repeatWindow    = time.Second            // see fold
+	backoffMax      = 500 * time.Millisecond // after an Accept error
+	refusalLogEvery = time.Minute            // one info line per banned subject
 )
 
-// ErrServerClosed is returned by Serve and ListenAndServe after Close.
+// ErrServerClosed is returned by Serve after Close or Shutdown.
 var ErrServerClosed = errors.New("policyd: server closed")
 
 // Server answers Postfix policy requests. Set its fields before calling Serve
-// and do not change them afterwards; a zero field means its default. The
-// methods are safe for concurrent use.
+// and do not change them afterwards; a zero field means its default, and
+// Server never writes to them. The methods are safe for concurrent use.
+//
+// Connections are bounded by MaxConns. At the bound, a new connection closes
+// the one that has waited longest for a request (first those that never
+// sent one, then those idle between requests), so that idle connections,
+// however many, cannot lock Postfix out: Postfix reconnects by itself. Only
+// when every connection is busy with a request is the new one closed.
+//
+// Log lines an SMTP client or a local process can cause (bad requests, full
+// connection table, guard errors, refusals) are rate-limited per cause, and
+// refusals per banned subject, with the number of lines held back.
 type Server struct {
 	Guard Guard // required
 
@@ -128,44 +148,47 @@ type Server struct {
 	// (store.fail_mode: open). False answers FailAction.
 	FailOpen bool
 
-	Timeout     time.Duration // for the guard calls of one request; zero: DefaultTimeout
-	IdleTimeout time.Duration // for reading a whole request; zero: DefaultIdleTimeout
-	MaxLineLen  int           // zero: DefaultMaxLineLen
-	MaxAttrs    int           // zero: DefaultMaxAttrs
-	// MaxConns bounds open connections; more are accepted and closed at once.
-	// Zero: DefaultMaxConns.
-	MaxConns int
-	// SocketMode is given to a unix socket made by ListenAndServe or Listen.
-	// Zero: DefaultSocketMode (0660: Postfix's user must be in its group).
-	SocketMode fs.FileMode
+	Timeout      time.Duration // for the guard calls of one request; zero: DefaultTimeout
+	IdleTimeout  time.Duration // for reading a whole request; zero: DefaultIdleTimeout
+	FirstTimeout time.Duration // for the first request of a connection; zero: DefaultFirstTimeout
+	MaxLineLen   int           // zero: DefaultMaxLineLen
+	MaxAttrs     int           // zero: DefaultMaxAttrs
+	MaxBytes     int           // per request; zero: DefaultMaxBytes
+	MaxConns     int           // open connections; zero: DefaultMaxConns
 
 	Log     *slog.Logger // nil: slog.Default()
 	Metrics Metrics      // nil: none
 
+	now func() time.Time // of the log rate limits, for tests; nil: time.Now
+
 	mu        sync.Mutex
 	inited    bool
 	initErr   error
-	closed    bool
-	ctx       context.Context // canceled by Close
-	cancel    context.CancelFunc
+	closed    bool // Close: everything stops now
+	shutdown  bool // Shutdown or Close: no new connections or requests
+	ctx       context.Context
+	cancel    context.CancelFunc // cancels ctx: Close
 	listeners map[net.Listener]struct{}
-	conns     map[net.Conn]struct{}
-	wg        sync.WaitGroup // accept loops and connections
-	calls     sync.WaitGroup // guard calls, which may outlive their request
-	reject    string         // cleaned actions
-	deferA    string
-	fail      string
-	fold      *fold
+	conns     map[*conn]struct{} // the open connections: those holding a slot
+	fresh     *list.List         // of *conn waiting for their first request, longest first
+	idle      *list.List         // of *conn waiting for a further request, longest first
+	wg        sync.WaitGroup     // accept loops and connections
+	calls     sync.WaitGroup     // guard calls, which may outlive their request
 
-	fullLog, badLog, failLog, acceptLog sometimes
-	refusedLog                          dedup.Once // info once per client per refusalLogEvery
+	// Resolved from the fields by init.
+	reject, deferA, fail               string
+	timeout, idleTimeout, firstTimeout time.Duration
+	maxConns                           int
+	limits                             Limits
+	log                                *slog.Logger
+	metrics                            Metrics
+	fold                               *fold
+
+	logs       dedup.Limiter // warnings, one per cause per dedup.DefaultPeriod
+	refusedLog dedup.Limiter // refusals at info, one per banned subject per refusalLogEvery
 }
 
-// refusalLogEvery is how often a refused client is logged at info; its other
-// refusals go to debug, so a banned client cannot flood the log.
-const refusalLogEvery = time.Minute
-
-// init resolves defaults once. s.mu must be held.
+// init resolves the fields once. s.mu must be held.
 func (s *Server) init() error {
 	if s.inited {
 		return s.initErr
@@ -173,7 +196,8 @@ func (s *Server) init() error {
 	s.inited = true
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.listeners = make(map[net.Listener]struct{})
-	s.conns = make(map[net.Conn]struct{})
+	s.conns = make(map[*conn]struct{})
+	s.fresh, s.idle = list.New(), list.New()
 	s.fold = newFold()
 	var errs []error
 	action := func(name, v, def string) string {
@@ -189,19 +213,37 @@ func (s *Server) init() error {
 	s.reject = action("RejectAction", s.RejectAction, DefaultRejectAction)
 	s.deferA = action("DeferAction", s.DeferAction, DefaultDeferAction)
 	s.fail = action("FailAction", s.FailAction, DefaultFailAction)
+	s.timeout = or(s.Timeout, DefaultTimeout)
+	s.idleTimeout = or(s.IdleTimeout, DefaultIdleTimeout)
+	s.firstTimeout = min(or(s.FirstTimeout, DefaultFirstTimeout), s.idleTimeout)
+	s.maxConns = or(s.MaxConns, DefaultMaxConns)
+	s.limits = Limits{MaxLineLen: s.MaxLineLen, MaxAttrs: s.MaxAttrs, MaxBytes: s.MaxBytes}
+	s.log = s.Log
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	s.metrics = s.Metrics
+	if s.metrics == nil {
+		s.metrics = noMetrics{}
+	}
 	if s.Guard == nil {
 		errs = append(errs, errors.New("policyd: Server.Guard is nil"))
+	}
+	if s.maxConns < 0 {
+		errs = append(errs, fmt.Errorf("policyd: MaxConns %d is negative", s.MaxConns))
 	}
 	s.initErr = errors.Join(errs...)
 	return s.initErr
 }
 
-func (s *Server) log() *slog.Logger {
-	if s.Log != nil {
-		return s.Log
-	}
-	return slog.Default()
-}
+type noMetrics struct{}
+
+func (noMetrics) Request(string, time.Duration) {}
+func (noMetrics) BadRequest(string)             {}
+func (noMetrics) StoreError()                   {}
 
 func or[T comparable](v, def T) T {
 	var zero T
@@ -211,21 +253,30 @@ func or[T comparable](v, def T) T {
 	return v
 }
 
-// Serve accepts connections on l and answers their requests until Close is
-// called, then returns ErrServerClosed. It closes l. It returns another error
-// if l fails for good or a field is invalid (nil Guard, an action made only of
-// control characters). Serve may be called for several listeners.
+// warn logs a warning at most once per dedup.DefaultPeriod for its cause,
+// with the number of warnings of that cause held back.
+func (s *Server) warn(cause, msg string, args ...any) {
+	if ok, n := s.logs.Allow(cause, s.now()); ok {
+		s.log.Warn(msg, append(args, "suppressed", n)...)
+	}
+}
+
+// Serve accepts connections on l and answers their requests until Close or
+// Shutdown is called, then returns ErrServerClosed. It closes l. It returns
+// another error if l fails for good or a field is invalid (nil Guard, an
+// action made only of control characters). Serve may be called for several
+// listeners.
 func (s *Server) Serve(l net.Listener) error {
 	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		l.Close()
-		return ErrServerClosed
-	}
 	if err := s.init(); err != nil {
 		s.mu.Unlock()
 		l.Close()
 		return err
+	}
+	if s.shutdown {
+		s.mu.Unlock()
+		l.Close()
+		return ErrServerClosed
 	}
 	s.listeners[l] = struct{}{}
 	s.wg.Add(1)
@@ -242,7 +293,7 @@ func (s *Server) Serve(l net.Listener) error {
 	for {
 		c, err := l.Accept()
 		if err != nil {
-			if s.isClosed() {
+			if s.isShutdown() {
 				return ErrServerClosed
 			}
 			if errors.Is(err, net.ErrClosed) {
@@ -250,9 +301,7 @@ func (s *Server) Serve(l net.Listener) error {
 			}
 			// Out of file descriptors and the like: wait and retry.
 			backoff = min(max(2*backoff, 5*time.Millisecond), backoffMax)
-			if ok, n := s.acceptLog.ok(logEvery); ok {
-				s.log().Warn("policyd: accept failed, retrying", "err", err, "suppressed", n)
-			}
+			s.warn("accept", "policyd: accept failed, retrying", "err", err)
 			select {
 			case <-time.After(backoff):
 			case <-s.ctx.Done():
@@ -261,49 +310,75 @@ func (s *Server) Serve(l net.Listener) error {
 			continue
 		}
 		backoff = 0
-		s.mu.Lock()
-		switch {
-		case s.closed:
-			s.mu.Unlock()
-			c.Close()
-			return ErrServerClosed
-		case len(s.conns) >= or(s.MaxConns, DefaultMaxConns):
-			s.mu.Unlock()
-			c.Close()
-			s.badRequest(ReasonTooManyConns)
-			if ok, n := s.fullLog.ok(logEvery); ok {
-				s.log().Warn("policyd: too many connections, closing new one",
-					"limit", or(s.MaxConns, DefaultMaxConns), "remote", remote(c), "suppressed", n)
+		if !s.admit(c) {
+			if s.isShutdown() {
+				return ErrServerClosed
 			}
 			continue
 		}
-		s.conns[c] = struct{}{}
-		s.wg.Add(1)
+	}
+}
+
+// admit gives c a slot, closing the longest-idle connection at MaxConns,
+// and starts serving it. It returns false if c was closed instead.
+func (s *Server) admit(c net.Conn) bool {
+	s.mu.Lock()
+	if s.shutdown {
 		s.mu.Unlock()
-		go s.serveConn(c)
+		c.Close()
+		return false
 	}
+	if len(s.conns) >= s.maxConns {
+		victim := s.longestIdle()
+		if victim == nil {
+			s.mu.Unlock()
+			c.Close()
+			s.metrics.BadRequest(ReasonTooManyConns)
+			s.warn("full", "policyd: too many connections, all busy: closing the new one",
+				"limit", s.maxConns, "remote", remote(c))
+			return false
+		}
+		s.drop(victim)
+		served := victim.served
+		s.mu.Unlock()
+		victim.c.Close()
+		s.metrics.BadRequest(ReasonTooManyConns)
+		s.warn("evict", "policyd: too many connections: closed the longest-idle one",
+			"limit", s.maxConns, "remote", victim.remote, "served", served)
+		s.mu.Lock()
+		if s.shutdown {
+			s.mu.Unlock()
+			c.Close()
+			return false
+		}
+	}
+	cn := &conn{s: s, c: c, remote: remote(c)}
+	cn.waiting = s.fresh.PushBack(cn) // from now on: the accept order is the eviction order
+	s.conns[cn] = struct{}{}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	go s.serveConn(cn)
+	return true
 }
 
-// ListenAndServe listens on addr (see Listen) and calls Serve.
-func (s *Server) ListenAndServe(addr string) error {
-	l, err := Listen(addr, s.SocketMode)
-	if err != nil {
-		return err
+// longestIdle returns the connection to close to make room: the one that
+// has waited longest for its first request, else the one idle longest
+// between requests, else nil. s.mu must be held.
+func (s *Server) longestIdle() *conn {
+	for _, l := range []*list.List{s.fresh, s.idle} {
+		if e := l.Front(); e != nil {
+			return e.Value.(*conn)
+		}
 	}
-	return s.Serve(l)
+	return nil
 }
 
-// Listen listens on addr: "host:port" or "inet:host:port" for TCP, as in
-// Postfix's check_policy_service, or "unix:/path" for a unix socket. A stale
-// socket left at path by a dead server is removed (a live one, or a file that
-// is not a socket, is an error), and the new socket gets mode (zero:
-// DefaultSocketMode). Closing the listener removes the socket.
-func Listen(addr string, mode fs.FileMode) (net.Listener, error) {
-	l, err := listen.Listen(addr, or(mode, DefaultSocketMode), "")
-	if err != nil {
-		return nil, fmt.Errorf("policyd: %w", err)
-	}
-	return l, nil
+// drop takes cn's slot away: its goroutine ends at its next step without
+// answering. The caller closes cn.c. s.mu must be held.
+func (s *Server) drop(cn *conn) {
+	cn.dropped = true
+	cn.unlist()
+	delete(s.conns, cn)
 }
 
 // Close stops the listeners, closes every connection (a request in progress
@@ -312,39 +387,83 @@ func Listen(addr string, mode fs.FileMode) (net.Listener, error) {
 // After Close, Serve returns ErrServerClosed.
 func (s *Server) Close() error {
 	s.mu.Lock()
+	s.init()
 	if s.closed {
 		s.mu.Unlock()
 		return nil
 	}
 	s.closed = true
-	if s.cancel != nil {
-		s.cancel()
+	s.cancel()
+	errs := s.stopListening()
+	var conns []*conn
+	for cn := range s.conns {
+		s.drop(cn)
+		conns = append(conns, cn)
 	}
+	s.mu.Unlock()
+	for _, cn := range conns {
+		cn.c.Close()
+	}
+	s.wg.Wait()
+	s.calls.Wait() // no new calls: their connections are gone
+	return errors.Join(errs...)
+}
+
+// Shutdown stops the listeners, closes the connections that wait for a
+// request, lets those working on one answer it and close, and waits for
+// them and for every goroutine of the server. If ctx ends first it calls
+// Close and returns ctx's error. After Shutdown, Serve returns
+// ErrServerClosed.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.init()
+	errs := s.stopListening()
+	var waiting []*conn
+	for _, l := range []*list.List{s.fresh, s.idle} {
+		for e := l.Front(); e != nil; e = e.Next() {
+			waiting = append(waiting, e.Value.(*conn))
+		}
+	}
+	for _, cn := range waiting {
+		s.drop(cn)
+	}
+	s.mu.Unlock()
+	for _, cn := range waiting {
+		cn.c.Close()
+	}
+	done := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		s.calls.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return errors.Join(errs...)
+	case <-ctx.Done():
+		s.Close()
+		<-done
+		return ctx.Err()
+	}
+}
+
+// stopListening marks the server shut down and closes its listeners.
+// s.mu must be held.
+func (s *Server) stopListening() []error {
+	s.shutdown = true
 	var errs []error
 	for l := range s.listeners {
 		if err := l.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
 			errs = append(errs, err)
 		}
 	}
-	for c := range s.conns {
-		c.Close()
-	}
-	s.mu.Unlock()
-	s.wg.Wait()
-	s.calls.Wait() // no new calls: their connections are gone
-	return errors.Join(errs...)
+	return errs
 }
 
-func (s *Server) badRequest(reason string) {
-	if m, ok := s.Metrics.(BadRequestCounter); ok {
-		m.BadRequest(reason)
-	}
-}
-
-func (s *Server) isClosed() bool {
+func (s *Server) isShutdown() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.closed
+	return s.shutdown
 }
 
 func remote(c net.Conn) string {
@@ -352,24 +471,4 @@ func remote(c net.Conn) string {
 		return a.String()
 	}
 	return c.LocalAddr().Network()
-}
-
-// sometimes lets one log line through per period and counts the others.
-type sometimes struct {
-	mu      sync.Mutex
-	last    time.Time
-	dropped int
-}
-
-func (s *sometimes) ok(every time.Duration) (bool, int) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	now := time.Now()
-	if !s.last.IsZero() && now.Sub(s.last) < every {
-		s.dropped++
-		return false, 0
-	}
-	n := s.dropped
-	s.last, s.dropped = now, 0
-	return true, n
 }

@@ -17,27 +17,35 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/mailguard/mailguard/internal/listen"
 )
 
-// fakeGuard refuses the addresses in banned, finds every user in overUsers
-// over the limit, fails Recipient for brokenUser (and every user if
-// rcptErr), and calls hook (if set) before answering Check.
+// fakeGuard refuses the addresses inside banned (answering the prefix as the
+// ban subject), finds every user in overUsers over the limit, fails
+// Recipient for brokenUser (and every user if rcptErr), and calls hook (if
+// set) before answering Check.
 type fakeGuard struct {
-	banned        map[netip.Addr]bool
+	banned        []netip.Prefix
 	overUsers     map[string]bool
 	hook          func(ctx context.Context) error
 	rcptErr       error
 	checks, rcpts atomic.Int64
 }
 
-func (f *fakeGuard) Check(ctx context.Context, a netip.Addr, user string) (bool, int, error) {
+func (f *fakeGuard) Check(ctx context.Context, a netip.Addr, user string) (string, int, error) {
 	f.checks.Add(1)
 	if f.hook != nil {
 		if err := f.hook(ctx); err != nil {
-			return false, 0, err
+			return "", 0, err
 		}
 	}
-	return f.banned[a], 0, nil
+	for _, p := range f.banned {
+		if p.Contains(a) {
+			return "net:" + p.String(), 0, nil
+		}
+	}
+	return "", 0, nil
 }
 
 func (f *fakeGuard) Recipient(ctx context.Context, a netip.Addr, user string) (bool, error) {
@@ -50,13 +58,15 @@ func (f *fakeGuard) Recipient(ctx context.Context, a netip.Addr, user string) (b
 
 var (
 	bannedAddr = netip.MustParseAddr("192.0.2.66")
+	bannedNet  = netip.MustParsePrefix("2001:db8:66:1::/64") // a banned IPv6 prefix
 	overUser   = "spammer@example.org"
 	brokenUser = "broken@example.org" // Recipient fails
 )
 
 func newFake() *fakeGuard {
 	return &fakeGuard{
-		banned:    map[netip.Addr]bool{bannedAddr: true, netip.MustParseAddr("2001:db8::66"): true},
+		banned: []netip.Prefix{netip.PrefixFrom(bannedAddr, 32), netip.MustParsePrefix("2001:db8::66/128"),
+			bannedNet},
 		overUsers: map[string]bool{overUser: true},
 	}
 }
@@ -84,7 +94,7 @@ func start(t testing.TB, s *Server, network string) string {
 		t.Cleanup(func() { os.RemoveAll(dir) })
 		addr = "unix:" + filepath.Join(dir, "policy.sock")
 	}
-	l, err := Listen(addr, s.SocketMode)
+	l, err := listen.Listen(addr, DefaultSocketMode, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -416,35 +426,92 @@ func TestGuardIgnoringContext(t *testing.T) {
 	}
 }
 
-func TestMaxConns(t *testing.T) {
-	addr := start(t, &Server{Guard: newFake(), MaxConns: 2}, "tcp")
+// At MaxConns a new connection closes the one that has waited longest for
+// a request, those that never sent one first; only when every connection is
+// busy with a request is the new one closed.
+func TestMaxConnsClosesLongestIdle(t *testing.T) {
+	s := &Server{Guard: newFake(), MaxConns: 2}
+	addr := start(t, s, "tcp")
 	a, b := dial(t, "tcp", addr), dial(t, "tcp", addr)
 	a.ask(policyReq())
-	b.ask(policyReq())
-	if err := dial(t, "tcp", addr).closed(); err != nil {
-		t.Errorf("third connection: %v", err)
+	listed(t, s, 1, 1)
+	b.ask(policyReq()) // a has now waited longer than b
+	listed(t, s, 0, 2)
+	c := dial(t, "tcp", addr)
+	if got := c.ask(policyReq("client_address", bannedAddr.String())); got != DefaultRejectAction {
+		t.Errorf("new connection at MaxConns: %q, want reject", got)
 	}
-	if got := a.ask(policyReq("client_address", bannedAddr.String())); got != DefaultRejectAction {
-		t.Errorf("first connection after refusing the third: %q", got)
+	listed(t, s, 0, 2) // c after b
+	if err := a.closed(); err != nil {
+		t.Errorf("longest-idle connection: %v, want closed", err)
 	}
-	a.c.Close()
+	if got := b.ask(policyReq()); got != "DUNNO" {
+		t.Errorf("other idle connection: %q", got)
+	}
+	listed(t, s, 0, 2)
+
+	// A connection that never sent a request goes before one that did,
+	// however long that one has waited.
+	silent := dial(t, "tcp", addr) // closes c, idle longest
+	if err := c.closed(); err != nil {
+		t.Errorf("c: %v, want closed", err)
+	}
+	d := dial(t, "tcp", addr)
+	if got := d.ask(policyReq()); got != "DUNNO" {
+		t.Errorf("d: %q", got)
+	}
+	if err := silent.closed(); err != nil {
+		t.Errorf("silent connection: %v, want closed before the served ones", err)
+	}
+	if got := b.ask(policyReq()); got != "DUNNO" {
+		t.Errorf("b after d came: %q, want it still served", got)
+	}
+}
+
+// listed waits until fresh connections wait for their first request and
+// idle ones for a further one (a connection lists itself just after writing
+// its reply, which the client may see first).
+func listed(t *testing.T, s *Server, fresh, idle int) {
+	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		c, err := net.Dial("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.SetDeadline(time.Now().Add(time.Second))
-		io.WriteString(c, policyReq())
-		got, err := ReadReply(bufio.NewReader(c), Limits{})
-		c.Close()
-		if got == "DUNNO" {
-			break
+		s.mu.Lock()
+		f, i := s.fresh.Len(), s.idle.Len()
+		s.mu.Unlock()
+		if f == fresh && i == idle {
+			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no new connection served after one closed: %v", err)
+			t.Fatalf("%d fresh and %d idle connections, want %d and %d", f, i, fresh, idle)
 		}
-		time.Sleep(10 * time.Millisecond)
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func TestMaxConnsAllBusy(t *testing.T) {
+	g := newFake()
+	inCall, release := make(chan struct{}, 2), make(chan struct{})
+	g.hook = func(context.Context) error {
+		inCall <- struct{}{}
+		<-release
+		return nil
+	}
+	addr := start(t, &Server{Guard: g, MaxConns: 2, Timeout: time.Minute}, "tcp")
+	busy := []*client{dial(t, "tcp", addr), dial(t, "tcp", addr)}
+	for _, c := range busy {
+		io.WriteString(c.c, policyReq())
+	}
+	<-inCall
+	<-inCall
+	if err := dial(t, "tcp", addr).closed(); err != nil {
+		t.Errorf("new connection with every slot busy: %v, want closed", err)
+	}
+	close(release)
+	for i, c := range busy {
+		c.c.SetDeadline(time.Now().Add(5 * time.Second))
+		if got, err := ReadReply(c.br, Limits{}); got != "DUNNO" {
+			t.Errorf("busy connection %d: %q, %v; want DUNNO", i, got, err)
+		}
 	}
 }
 
@@ -558,7 +625,7 @@ func TestCloseStopsEverything(t *testing.T) {
 		if network == "unix" {
 			addr = "unix:" + filepath.Join(t.TempDir(), "p.sock")
 		}
-		l, err := Listen(addr, 0)
+		l, err := listen.Listen(addr, DefaultSocketMode, "")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -612,60 +679,6 @@ type nopListener struct{ net.Listener }
 
 func (nopListener) Close() error { return nil }
 
-func TestListenUnix(t *testing.T) {
-	dir := t.TempDir()
-	path := filepath.Join(dir, "p.sock")
-
-	// A stale socket, as left by kill -9, is replaced.
-	l, err := net.Listen("unix", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l.(*net.UnixListener).SetUnlinkOnClose(false)
-	l.Close()
-	l, err = Listen("unix:"+path, 0)
-	if err != nil {
-		t.Fatalf("Listen over a stale socket: %v", err)
-	}
-	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o660 {
-		t.Errorf("socket mode = %v, %v; want 0660", fi.Mode().Perm(), err)
-	}
-
-	// A live one is not.
-	if l2, err := Listen("unix:"+path, 0); err == nil {
-		l2.Close()
-		t.Error("Listen over a live socket succeeded")
-	}
-	l.Close()
-
-	l, err = Listen("unix:"+path, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if fi, _ := os.Stat(path); fi.Mode().Perm() != 0o600 {
-		t.Errorf("socket mode = %v, want 0600", fi.Mode().Perm())
-	}
-	l.Close()
-
-	// Nor a file that is not a socket.
-	file := filepath.Join(dir, "file")
-	os.WriteFile(file, []byte("keep me"), 0o644)
-	if _, err := Listen("unix:"+file, 0); err == nil {
-		t.Error("Listen over a regular file succeeded")
-	}
-	if b, _ := os.ReadFile(file); string(b) != "keep me" {
-		t.Error("regular file was touched")
-	}
-	if _, err := Listen("unix:", 0); err == nil {
-		t.Error("Listen on an empty path succeeded")
-	}
-	l, err = Listen("inet:127.0.0.1:0", 0)
-	if err != nil {
-		t.Fatalf("inet: form: %v", err)
-	}
-	l.Close()
-}
-
 type recMetrics struct {
 	mu sync.Mutex
 	n  map[string]int
@@ -701,13 +714,14 @@ func TestMetrics(t *testing.T) {
 	}
 	d := dial(t, "tcp", addr) // second connection: at MaxConns
 	d.ask(policyReq())
-	if err := dial(t, "tcp", addr).closed(); err != nil {
-		t.Errorf("third connection: %v", err)
+	dial(t, "tcp", addr).ask(policyReq()) // third: closes c
+	if err := c.closed(); err != nil {
+		t.Errorf("longest-idle connection: %v", err)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	want := map[string]int{
-		VerdictDunno: 2, VerdictReject: 1, VerdictDefer: 1, VerdictFailClosed: 1, "store-error": 1,
+		VerdictDunno: 3, VerdictReject: 1, VerdictDefer: 1, VerdictFailClosed: 1, "store-error": 1,
 		"bad:" + ReasonMalformed: 1, "bad:" + ReasonLineTooLong: 1, "bad:" + ReasonTruncated: 1, "bad:" + ReasonTooManyConns: 1,
 	}
 	for k, v := range want {

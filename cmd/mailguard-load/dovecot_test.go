@@ -22,7 +22,7 @@ import (
 	"testing"
 
 	"github.com/mailguard/mailguard/authhook"
-	"github.com/mailguard/mailguard/store"
+	"github.com/mailguard/mailguard/internal/listen"
 )
 
 // jailGuard refuses an address from its 5th failure, like the dovecot jail.
@@ -34,14 +34,17 @@ type jailGuard struct {
 func (g *jailGuard) Check(_ context.Context, a netip.Addr, _ string) (authhook.CheckResult, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return authhook.CheckResult{Refused: g.failures[a] >= 5, Failures: g.failures[a]}, nil
+	if g.failures[a] >= 5 {
+		return authhook.CheckResult{Refused: true, Banned: "net:" + a.String() + "/32"}, nil
+	}
+	return authhook.CheckResult{Failures: g.failures[a]}, nil
 }
 
-func (g *jailGuard) Fail(_ context.Context, a netip.Addr, _, _, _ string) ([]store.Ban, error) {
+func (g *jailGuard) Fail(_ context.Context, a netip.Addr, _, _, _ string) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.failures[a]++
-	return nil, nil
+	return nil
 }
 
 func (g *jailGuard) Succeed(context.Context, netip.Addr, string) error { return nil }
@@ -183,7 +186,7 @@ func types(m map[string]any) map[string]string {
 
 func TestDovecotUnix(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "auth.sock")
-	l, err := authhook.Listen("unix:" + path)
+	l, err := listen.Listen("unix:"+path, 0o660, "")
 	if err != nil {
 		t.Fatal(err)
 	}

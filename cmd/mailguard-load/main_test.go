@@ -10,19 +10,23 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mailguard/mailguard/internal/listen"
 	"github.com/mailguard/mailguard/policyd"
 )
 
 type fakeGuard struct{ banned netip.Addr }
 
-func (f fakeGuard) Check(_ context.Context, a netip.Addr, _ string) (bool, int, error) {
-	return a == f.banned, 0, nil
+func (f fakeGuard) Check(_ context.Context, a netip.Addr, _ string) (string, int, error) {
+	if a == f.banned {
+		return "net:" + a.String() + "/32", 0, nil
+	}
+	return "", 0, nil
 }
 func (fakeGuard) Recipient(context.Context, netip.Addr, string) (bool, error) { return false, nil }
 
 func serve(t *testing.T, addr string) string {
 	t.Helper()
-	l, err := policyd.Listen(addr, 0)
+	l, err := listen.Listen(addr, policyd.DefaultSocketMode, "")
 	if err != nil {
 		t.Fatal(err)
 	}

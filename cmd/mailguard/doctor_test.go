@@ -12,7 +12,6 @@ import (
 	"github.com/mailguard/mailguard/authhook"
 	"github.com/mailguard/mailguard/internal/config"
 	"github.com/mailguard/mailguard/policyd"
-	"github.com/mailguard/mailguard/store"
 )
 
 func problems(fs []finding) []string {
@@ -185,12 +184,10 @@ func TestSameAPIHeader(t *testing.T) {
 // nopGuard allows everybody and counts nothing.
 type nopGuard struct{}
 
-func (nopGuard) Check(context.Context, netip.Addr, string) (bool, int, error) { return false, 0, nil }
-func (nopGuard) Recipient(context.Context, netip.Addr, string) (bool, error)  { return false, nil }
-func (nopGuard) Fail(context.Context, netip.Addr, string, string, string) ([]store.Ban, error) {
-	return nil, nil
-}
-func (nopGuard) Succeed(context.Context, netip.Addr, string) error { return nil }
+func (nopGuard) Check(context.Context, netip.Addr, string) (string, int, error) { return "", 0, nil }
+func (nopGuard) Recipient(context.Context, netip.Addr, string) (bool, error)    { return false, nil }
+func (nopGuard) Fail(context.Context, netip.Addr, string, string, string) error { return nil }
+func (nopGuard) Succeed(context.Context, netip.Addr, string) error              { return nil }
 
 // nopDovecotGuard is nopGuard as authhook consumes it.
 type nopDovecotGuard struct{ nopGuard }

@@ -168,7 +168,9 @@ func serve(ctx context.Context, c config.Config, log *slog.Logger) error {
 		listeners = append(listeners, l)
 		return l, nil
 	}
-	pfL, err := bind("postfix.listen", func() (net.Listener, error) { return listen.Listen(c.Postfix.Listen, 0o660, "postfix") })
+	pfL, err := bind("postfix.listen", func() (net.Listener, error) {
+		return listen.Listen(c.Postfix.Listen, policyd.DefaultSocketMode, "postfix")
+	})
 	if err != nil {
 		return err
 	}
@@ -220,8 +222,14 @@ func serve(ctx context.Context, c config.Config, log *slog.Logger) error {
 	<-ctx.Done()
 	cause := context.Cause(ctx)
 	log.Info("mailguard stopping", "reason", cause)
-	pf.Close()
-	dv.Close()
+	// Requests in flight get their answers; idle connections close at once
+	// (Postfix and Dovecot reconnect to the next daemon).
+	stopCtx, stopCancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	var fe sync.WaitGroup
+	fe.Go(func() { pf.Shutdown(stopCtx) })
+	fe.Go(func() { dv.Shutdown(stopCtx) })
+	fe.Wait()
+	stopCancel()
 	adm.Close()
 	ms.Close()
 	if stopFW != nil {
@@ -233,6 +241,17 @@ func serve(ctx context.Context, c config.Config, log *slog.Logger) error {
 		return nil
 	}
 	return cause
+}
+
+// shutdownTimeout bounds how long a stopping daemon lets the front ends
+// answer the requests in flight: above the store timeout, below systemd's
+// TimeoutStopSec.
+const shutdownTimeout = 5 * time.Second
+
+// Fail: Dovecot is told nothing of the bans a failure makes.
+func (d dovecotGuard) Fail(ctx context.Context, a netip.Addr, user, protocol, pwhash string) error {
+	_, err := d.Guard.Fail(ctx, a, user, protocol, pwhash)
+	return err
 }
 
 // health reports the store's health for /healthz when the store can tell.
@@ -263,5 +282,5 @@ type dovecotGuard struct{ *guard.Guard }
 
 func (d dovecotGuard) Check(ctx context.Context, a netip.Addr, user string) (authhook.CheckResult, error) {
 	v, err := d.CheckLogin(ctx, a, user)
-	return authhook.CheckResult{Refused: v.Refused, ByUser: v.ByUser, Failures: v.Failures, UserFailures: v.UserFailures}, err
+	return authhook.CheckResult{Refused: v.Refused, Banned: v.Banned, ByUser: v.ByUser, Failures: v.Failures, UserFailures: v.UserFailures}, err
 }

@@ -9,29 +9,9 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/mailguard/mailguard/internal/dedup"
 )
-
-// limiter lets one log line through every errLogEvery and counts the rest.
-type limiter struct {
-	mu      sync.Mutex
-	last    time.Time
-	dropped int
-}
-
-// allow reports whether a line may be logged now, and how many were
-// suppressed since the last one.
-func (l *limiter) allow() (ok bool, suppressed int) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	now := time.Now()
-	if !l.last.IsZero() && now.Sub(l.last) < errLogEvery {
-		l.dropped++
-		return false, 0
-	}
-	suppressed = l.dropped
-	l.last, l.dropped = now, 0
-	return true, suppressed
-}
 
 // libLog receives go-redis's own log lines (a dial failing, a pool
 // problem). go-redis's logger is process-wide: Open points it here once, and
@@ -42,7 +22,7 @@ var libLog = &libLogger{}
 var libLogOnce sync.Once
 
 type libLogger struct {
-	lim limiter
+	lim dedup.Limiter // one line per dedup.DefaultPeriod (5 s)
 	log atomic.Pointer[slog.Logger]
 }
 
@@ -51,7 +31,7 @@ func (l *libLogger) Printf(_ context.Context, format string, args ...any) {
 	if lg == nil {
 		return
 	}
-	if ok, n := l.lim.allow(); ok {
+	if ok, n := l.lim.Allow("go-redis", time.Now()); ok {
 		lg.Warn("go-redis", "msg", fmt.Sprintf(format, args...), "suppressed", n)
 	}
 }

@@ -34,6 +34,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/mailguard/mailguard/internal/dedup"
 	"github.com/mailguard/mailguard/store"
 )
 
@@ -68,8 +69,6 @@ const (
 	// watchBlock is how long one XREAD of Watch waits; Watch notices the
 	// end of its context within about this long.
 	watchBlock = time.Second
-	// errLogEvery rate-limits error logs.
-	errLogEvery = 5 * time.Second
 )
 
 // Options configures Open. The zero value is a store on 127.0.0.1:6379.
@@ -125,8 +124,8 @@ type Store struct {
 	done   chan struct{}
 	once   sync.Once
 
-	errs limiter
-	b    *batcher // Check, Hit, Remember and Reset go through it (pipeline.go)
+	errs dedup.Limiter // error lines, one per dedup.DefaultPeriod (5 s)
+	b    *batcher      // Check, Hit, Remember and Reset go through it (pipeline.go)
 }
 
 var _ store.Store = (*Store)(nil)
@@ -286,7 +285,7 @@ func (s *Store) fail(op string, err error) error {
 	if errors.Is(err, context.Canceled) {
 		return err
 	}
-	if ok, n := s.errs.allow(); ok {
+	if ok, n := s.errs.Allow("error", time.Now()); ok {
 		s.log.Error("redis store", "err", err, "suppressed", n)
 	}
 	return err
