@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -107,11 +108,12 @@ postfix:
   listen: %s
 dovecot:
   listen: %s
+  api_header: %q
 metrics:
   listen: %s
 log:
   level: debug
-`, d.Dir, d.Socket, d.Postfix, d.Dovecot, d.Metrics)
+`, d.Dir, d.Socket, d.Postfix, d.Dovecot, testAPIKey, d.Metrics)
 	if err := os.WriteFile(d.Config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -211,6 +213,49 @@ func exitCode(err error) int {
 		return -1
 	}
 	return 0
+}
+
+// DovecotHeader returns the API header line the daemon wants from Dovecot:
+// testAPIKey unless a --set changed dovecot.api_header; with it set empty,
+// the key the daemon made in its state_dir ("" with insecure_no_auth).
+func (d *Daemon) DovecotHeader() string {
+	d.t.Helper()
+	h, insecure := testAPIKey, false
+	for _, s := range d.sets {
+		if v, ok := strings.CutPrefix(s, "dovecot.api_header="); ok {
+			h = v
+		}
+		if s == "dovecot.insecure_no_auth=true" {
+			insecure = true
+		}
+	}
+	if h != "" || insecure {
+		return h
+	}
+	b, err := os.ReadFile(filepath.Join(d.Dir, "dovecot-api.key"))
+	if err != nil {
+		d.t.Fatalf("reading the daemon's Dovecot API key: %v", err)
+	}
+	return "Authorization: Bearer " + strings.TrimSpace(string(b))
+}
+
+// dovecotPost posts body to a dovecot.listen at addr as Dovecot does, with
+// the harness's API header (testAPIKey).
+func dovecotPost(c *http.Client, addr, command string, body []byte) (*http.Response, error) {
+	return dovecotPostHeader(c, addr, command, testAPIKey, body)
+}
+
+// dovecotPostHeader posts with the header line h ("Name: value"; "" none).
+func dovecotPostHeader(c *http.Client, addr, command, h string, body []byte) (*http.Response, error) {
+	req, err := http.NewRequest(http.MethodPost, "http://"+addr+"/?command="+command, bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if name, v, ok := strings.Cut(h, ":"); ok {
+		req.Header.Set(strings.TrimSpace(name), strings.TrimSpace(v))
+	}
+	return c.Do(req)
 }
 
 // MustCLI runs a client command that must succeed.

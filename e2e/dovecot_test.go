@@ -49,6 +49,9 @@ type DovecotOptions struct {
 	SSLRequired bool
 	// At runs Dovecot inside a network namespace, listening on its address.
 	At place
+	// APIHeader is the "Authorization: Bearer KEY" line Dovecot sends;
+	// empty: testAPIKey.
+	APIHeader string
 }
 
 const (
@@ -102,7 +105,11 @@ func StartDovecot(t *testing.T, policyURL string, opt DovecotOptions) *Dovecot {
 	writeFile(t, filepath.Join(dir, "passwd"), passwd.String())
 
 	// contrib, verbatim but for its placeholders, the port and the socket path.
-	_, bearer, _ := strings.Cut(testAPIKey, "Bearer ")
+	apiHeader := opt.APIHeader
+	if apiHeader == "" {
+		apiHeader = testAPIKey
+	}
+	_, bearer, _ := strings.Cut(apiHeader, "Bearer ")
 	conf := contribFile(t, "dovecot/95-mailguard.conf",
 		"REPLACE_WITH_THE_KEY_IN_MAILGUARD_DOVECOT_API_HEADER", bearer,
 		"REPLACE_WITH_OUTPUT_OF_openssl_rand_-hex_32", "e2e-nonce",

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -125,7 +124,7 @@ func (n *fwNet) report(t *testing.T, d *Daemon, remote netip.Addr, login string)
 		"remote": remote.String(), "session_id": hex.EncodeToString(rnd[:]),
 		"success": false, "policy_reject": false, "tls": false,
 	})
-	resp, err := n.http.Post("http://"+d.Dovecot+"/?command=report", "application/json", bytes.NewReader(body))
+	resp, err := dovecotPost(n.http, d.Dovecot, "report", body)
 	if err != nil {
 		t.Fatalf("report to %s: %v", d.Dovecot, err)
 	}

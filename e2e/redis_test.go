@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -332,7 +331,7 @@ func dovecotReport(t *testing.T, addr, remote, session string) {
 		"remote": remote, "session_id": session, "success": false, "policy_reject": false, "tls": false,
 	})
 	c := &http.Client{Timeout: 10 * time.Second}
-	resp, err := c.Post("http://"+addr+"/?command=report", "application/json", bytes.NewReader(body))
+	resp, err := dovecotPost(c, addr, "report", body)
 	if err != nil {
 		t.Fatalf("dovecot report to %s: %v", addr, err)
 	}
@@ -355,7 +354,7 @@ func dovecotAllow(t *testing.T, addr, remote, session string) int {
 		"remote": remote, "session_id": session, "tls": false,
 	})
 	c := &http.Client{Timeout: 10 * time.Second}
-	resp, err := c.Post("http://"+addr+"/?command=allow", "application/json", bytes.NewReader(body))
+	resp, err := dovecotPost(c, addr, "allow", body)
 	if err != nil {
 		t.Fatalf("dovecot allow to %s: %v", addr, err)
 	}

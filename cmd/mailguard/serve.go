@@ -133,6 +133,11 @@ func serve(ctx context.Context, c config.Config, log *slog.Logger) error {
 		return err
 	}
 
+	apiHeader, err := dovecotAuth(c, log)
+	if err != nil {
+		return &exitError{exitUsage, err}
+	}
+
 	failOpen := c.Store.FailMode == "open"
 	pf := &policyd.Server{
 		Guard: g, RejectAction: c.Postfix.RejectAction, DeferAction: c.Postfix.DeferAction,
@@ -141,7 +146,7 @@ func serve(ctx context.Context, c config.Config, log *slog.Logger) error {
 		Metrics: metrics.Frontend{R: reg, Name: "postfix"},
 	}
 	dv := &authhook.Server{
-		Guard: dovecotGuard{g}, APIHeader: c.Dovecot.APIHeader, RejectMsg: c.Dovecot.RejectMsg,
+		Guard: dovecotGuard{g}, APIHeader: apiHeader, RejectMsg: c.Dovecot.RejectMsg,
 		RejectUserMsg: c.Dovecot.RejectMsgUser,
 		Tarpit:        authhook.Tarpit{Start: c.Dovecot.Tarpit.Start, Base: c.Dovecot.Tarpit.Base.D(), Max: c.Dovecot.Tarpit.Max.D()},
 		FailOpen:      failOpen, Timeout: c.Store.Timeout.D(), MaxConns: c.Dovecot.MaxConns,
@@ -213,9 +218,6 @@ func serve(ctx context.Context, c config.Config, log *slog.Logger) error {
 		run("metrics.listen", func() error { return httpServe(ms, metricsL) })
 	}
 
-	if c.Dovecot.APIHeader == "" {
-		log.Warn("dovecot.api_header is empty: any process that reaches dovecot.listen can report failed logins; set it and Dovecot's auth_policy_server_api_header")
-	}
 	log.Info("mailguard started", "version", Version, "postfix", c.Postfix.Listen, "dovecot", c.Dovecot.Listen,
 		"admin", c.Admin.Socket, "metrics", c.Metrics.Listen, "store", c.Store.Backend, "state_dir", c.StateDir,
 		"firewall", c.Firewall.Backend, "jails", len(g.Jails()))
@@ -252,6 +254,29 @@ const shutdownTimeout = 5 * time.Second
 func (d dovecotGuard) Fail(ctx context.Context, a netip.Addr, user, protocol, pwhash string) error {
 	_, err := d.Guard.Fail(ctx, a, user, protocol, pwhash)
 	return err
+}
+
+// dovecotAuth returns the API header Dovecot must send (see
+// dovecotAPIHeader), making the key on the first start, and says where it
+// comes from, never what it is.
+func dovecotAuth(c config.Config, log *slog.Logger) (string, error) {
+	path := dovecotKeyPath(c)
+	_, statErr := os.Stat(path)
+	h, err := dovecotAPIHeader(c, true)
+	switch {
+	case err != nil:
+		return "", fmt.Errorf("dovecot.api_header is empty and %w (or set dovecot.api_header)", err)
+	case h == "":
+		log.Warn("dovecot.insecure_no_auth is true: any process that reaches dovecot.listen can report failed logins (and ban any address) or successful ones (and lift user bans); set Dovecot's auth_policy_server_api_header and remove insecure_no_auth")
+	case strings.TrimSpace(c.Dovecot.APIHeader) != "":
+		log.Info("dovecot requests must carry dovecot.api_header")
+	case statErr != nil:
+		log.Warn("made a new Dovecot API key: set Dovecot's auth_policy_server_api_header = Authorization: Bearer <the key in the file> (mailguard setup dovecot prints the line); until then Dovecot's requests get 401 and logins are not guarded",
+			"file", path)
+	default:
+		log.Info("dovecot requests must carry Authorization: Bearer <the key in the file>", "file", path)
+	}
+	return h, nil
 }
 
 // health reports the store's health for /healthz when the store can tell.
