@@ -63,8 +63,16 @@ type banRequest struct {
 
 type errorReply struct {
 	Error string `json:"error"`
-	Code  string `json:"code,omitempty"` // "ignored", "not_found", "invalid"
+	Code  string `json:"code,omitempty"` // one of the Code constants
 }
+
+// Codes of an error reply (APIError.Code).
+const (
+	CodeIgnored     = "ignored"     // 409: the target is inside ignoreip
+	CodeNotFound    = "not_found"   // 404: no such jail, not banned
+	CodeInvalid     = "invalid"     // 400: a bad target, duration or request
+	CodeUnavailable = "unavailable" // 503: the store failed or timed out; try again
+)
 
 // Server is the admin API. Serve its Handler on the socket from Listen.
 type Server struct {
@@ -116,7 +124,7 @@ func fail(w http.ResponseWriter, code int, kind string, err error) {
 func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 	sts, err := s.Guard.Status(r.Context(), r.URL.Query().Get("jail"))
 	if err != nil {
-		fail(w, http.StatusNotFound, "not_found", err)
+		s.guardFailed(w, "status", err)
 		return
 	}
 	out := make([]JailStatus, 0, len(sts))
@@ -142,7 +150,7 @@ func toBan(b store.Ban) Ban {
 func decode(w http.ResponseWriter, r *http.Request) (banRequest, bool) {
 	var req banRequest
 	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096)).Decode(&req); err != nil {
-		fail(w, http.StatusBadRequest, "invalid", fmt.Errorf("bad request: %w", err))
+		fail(w, http.StatusBadRequest, CodeInvalid, fmt.Errorf("bad request: %w", err))
 		return req, false
 	}
 	return req, true
@@ -157,19 +165,35 @@ func (s *Server) ban(w http.ResponseWriter, r *http.Request) {
 	if req.For != "" {
 		var err error
 		if d, err = time.ParseDuration(req.For); err != nil || d <= 0 {
-			fail(w, http.StatusBadRequest, "invalid", fmt.Errorf("--for %q: want a positive duration like 1h", req.For))
+			fail(w, http.StatusBadRequest, CodeInvalid, fmt.Errorf("--for %q: want a positive duration like 1h", req.For))
 			return
 		}
 	}
 	b, err := s.Guard.Ban(r.Context(), req.Target, req.Jail, d)
+	if err != nil {
+		if errors.Is(err, guard.ErrIgnored) {
+			s.log().Warn("ban refused", "key", req.Target, "reason", "ignoreip")
+		}
+		s.guardFailed(w, "ban", err)
+		return
+	}
+	reply(w, http.StatusOK, toBan(b))
+}
+
+// guardFailed answers an error of the Guard: the caller's mistakes (see
+// guard.ErrIgnored, ErrNoJail, ErrTarget) are 4xx; anything else is the
+// store failing or timing out, 503, which a retry may cure.
+func (s *Server) guardFailed(w http.ResponseWriter, op string, err error) {
 	switch {
 	case errors.Is(err, guard.ErrIgnored):
-		s.log().Warn("ban refused", "key", req.Target, "reason", "ignoreip")
-		fail(w, http.StatusConflict, "ignored", err)
-	case err != nil:
-		fail(w, http.StatusBadRequest, "invalid", err)
+		fail(w, http.StatusConflict, CodeIgnored, err)
+	case errors.Is(err, guard.ErrNoJail):
+		fail(w, http.StatusNotFound, CodeNotFound, err)
+	case errors.Is(err, guard.ErrTarget):
+		fail(w, http.StatusBadRequest, CodeInvalid, err)
 	default:
-		reply(w, http.StatusOK, toBan(b))
+		s.log().Warn("admin: store failed", "op", op, "error", err)
+		fail(w, http.StatusServiceUnavailable, CodeUnavailable, fmt.Errorf("%s: the store failed, try again: %w", op, err))
 	}
 }
 
@@ -180,7 +204,7 @@ func (s *Server) unban(w http.ResponseWriter, r *http.Request) {
 	}
 	lifted, err := s.Guard.Unban(r.Context(), req.Target)
 	if err != nil {
-		fail(w, http.StatusBadRequest, "invalid", err)
+		s.guardFailed(w, "unban", err)
 		return
 	}
 	out := []Ban{}
@@ -188,7 +212,7 @@ func (s *Server) unban(w http.ResponseWriter, r *http.Request) {
 		out = append(out, toBan(b))
 	}
 	if len(out) == 0 {
-		fail(w, http.StatusNotFound, "not_found", fmt.Errorf("%s is not banned", req.Target))
+		fail(w, http.StatusNotFound, CodeNotFound, fmt.Errorf("%s is not banned", req.Target))
 		return
 	}
 	reply(w, http.StatusOK, out)

@@ -29,7 +29,8 @@ func (e *UnreachableError) Error() string {
 
 func (e *UnreachableError) Unwrap() error { return e.Err }
 
-// APIError is a refusal by the daemon; Code is "ignored", "not_found" or "invalid".
+// APIError is an error answer of the daemon: a refusal (Code CodeIgnored,
+// CodeNotFound, CodeInvalid) or a failure of its store (CodeUnavailable).
 type APIError struct {
 	Code    string
 	Message string

@@ -6,6 +6,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/mailguard/mailguard/store/redisstore/redistest"
 )
 
 // The CLI's exit codes and messages are a contract for scripts.
@@ -61,4 +64,52 @@ func TestCLIExitCodes(t *testing.T) {
 	if out, err := exec.Command(binary(t), "check-config", "--config", d.Config).CombinedOutput(); err != nil || !strings.Contains(string(out), "# configuration is valid") {
 		t.Errorf("check-config of a good file: %v, %q", err, out)
 	}
+}
+
+// A store that fails (Redis paused, then killed) is not the daemon saying
+// no: status, ban and unban answer 503 and the CLI exits 4, naming the store;
+// once Redis is back the same commands work.
+func TestCLIStoreFailure(t *testing.T) {
+	srv := redistest.StartServer(t, redistest.Config{AppendOnly: true})
+	d := NewDaemon(t, redisSets(srv.Addr(), redisPrefix(), "store.timeout=300ms")...)
+	d.Start()
+	d.MustCLI("ban", "198.51.100.7")
+	cmds := [][]string{{"status"}, {"status", "dovecot"}, {"ban", "198.51.100.8"}, {"unban", "198.51.100.7"}}
+	check := func(state string) {
+		t.Helper()
+		for _, args := range cmds {
+			out, err := d.CLI(args...)
+			if code := exitCode(err); code != 4 || !strings.Contains(out, "the store failed, try again") {
+				t.Errorf("with Redis %s, mailguard %s: exit %d, %q; want exit 4 saying the store failed", state, strings.Join(args, " "), code, out)
+			}
+		}
+	}
+	srv.Pause()
+	check("paused")
+	srv.Resume()
+	srv.Kill()
+	check("killed")
+	// A refusal stays a refusal while the store is down.
+	if out, err := d.CLI("status", "nope"); exitCode(err) != 1 || !strings.Contains(out, `no jail "nope"`) {
+		t.Errorf("status of an unknown jail with Redis down: exit %d, %q; want exit 1", exitCode(err), out)
+	}
+	if out, err := d.CLI("ban", "not an address"); exitCode(err) != 1 {
+		t.Errorf("ban of a bad target with Redis down: exit %d, %q; want exit 1", exitCode(err), out)
+	}
+	srv.Restart()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		out, err := d.CLI("status", "manual")
+		if err == nil {
+			if !strings.Contains(out, "198.51.100.7") {
+				t.Errorf("after Redis came back, status manual does not list the ban made before:\n%s", out)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("status still fails 20s after Redis restarted: %v\n%s", err, out)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	d.MustCLI("unban", "198.51.100.7")
 }

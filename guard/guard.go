@@ -451,6 +451,27 @@ func (g *Guard) Recipient(ctx context.Context, a netip.Addr, user string) (over 
 // ErrIgnored refuses a ban on an address inside ignoreip.
 var ErrIgnored = errors.New("inside ignoreip: never banned")
 
+// Errors in what a caller asked for, as opposed to a failure of the store:
+// match them with errors.Is (the admin API answers them 4xx, anything else
+// 503).
+var (
+	ErrNoJail = errors.New("no such jail")
+	ErrTarget = errors.New("neither an address, a prefix nor a login")
+)
+
+// requestError is an error of kind (ErrNoJail, ErrTarget) with its own text.
+type requestError struct {
+	kind error
+	msg  string
+}
+
+func (e *requestError) Error() string { return e.msg }
+func (e *requestError) Unwrap() error { return e.kind }
+
+func noJail(name string) error {
+	return &requestError{ErrNoJail, fmt.Sprintf("no jail %q", name)}
+}
+
 // Ban bans target (an address, prefix or login) in jail (ManualJail when
 // empty) for d (the jail's bantime when zero; one hour for the manual jail).
 func (g *Guard) Ban(ctx context.Context, target, jail string, d time.Duration) (store.Ban, error) {
@@ -469,7 +490,7 @@ func (g *Guard) Ban(ctx context.Context, target, jail string, d time.Duration) (
 			d = j.BanTime
 		}
 	} else if jail != ManualJail {
-		return store.Ban{}, fmt.Errorf("no jail %q", jail)
+		return store.Ban{}, noJail(jail)
 	}
 	if d <= 0 {
 		d = time.Hour
@@ -516,7 +537,7 @@ type JailStatus struct {
 func (g *Guard) Status(ctx context.Context, only string) ([]JailStatus, error) {
 	if only != "" && only != ManualJail {
 		if _, ok := g.byName[only]; !ok {
-			return nil, fmt.Errorf("no jail %q", only)
+			return nil, noJail(only)
 		}
 	}
 	names := []string{}

@@ -108,7 +108,7 @@ func SubjectPrefix(s string) (netip.Prefix, bool) {
 func (g *Guard) ParseTarget(s string) (subject string, prefix netip.Prefix, err error) {
 	s = strings.TrimSpace(s)
 	if s == "" {
-		return "", netip.Prefix{}, fmt.Errorf("empty target")
+		return "", netip.Prefix{}, &requestError{ErrTarget, "empty target"}
 	}
 	if a, err := netip.ParseAddr(s); err == nil {
 		p := hostPrefix(Canon(a))
@@ -123,14 +123,14 @@ func (g *Guard) ParseTarget(s string) (subject string, prefix netip.Prefix, err 
 		p = netip.PrefixFrom(a, bits).Masked()
 		if want := g.prefixes.of(a).Bits(); bits != a.BitLen() && bits != want {
 			if want == a.BitLen() {
-				return "", netip.Prefix{}, fmt.Errorf("prefix %s: only single addresses (/%d) are banned at prefix.ipv4 %d", s, want, want)
+				return "", netip.Prefix{}, &requestError{ErrTarget, fmt.Sprintf("prefix %s: only single addresses (/%d) are banned at prefix.ipv4 %d", s, want, want)}
 			}
-			return "", netip.Prefix{}, fmt.Errorf("prefix %s: length must be /%d or /%d (prefix.ipv4, prefix.ipv6)", s, a.BitLen(), want)
+			return "", netip.Prefix{}, &requestError{ErrTarget, fmt.Sprintf("prefix %s: length must be /%d or /%d (prefix.ipv4, prefix.ipv6)", s, a.BitLen(), want)}
 		}
 		return netSubject(p), p, nil
 	}
 	if strings.ContainsAny(s, " \t\r\n|") || strings.Contains(s, "/") && !strings.Contains(s, "@") {
-		return "", netip.Prefix{}, fmt.Errorf("%q is neither an address, a prefix nor a login", s)
+		return "", netip.Prefix{}, &requestError{ErrTarget, fmt.Sprintf("%q is neither an address, a prefix nor a login", s)}
 	}
 	return userSubject(s), netip.Prefix{}, nil
 }

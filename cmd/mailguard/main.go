@@ -25,6 +25,7 @@ const (
 	exitRefused     = 1 // the daemon said no: not banned, ignoreip, unknown jail
 	exitUsage       = 2 // bad flags, bad config
 	exitUnreachable = 3 // no daemon on the admin socket
+	exitUnavailable = 4 // the daemon answered, but its store failed or timed out: try again
 )
 
 type exitError struct {
@@ -58,6 +59,8 @@ func exitCode(err error) int {
 		return ee.code
 	case errors.As(err, &ue):
 		return exitUnreachable
+	case errors.As(err, &ae) && ae.Code == admin.CodeUnavailable:
+		return exitUnavailable
 	case errors.As(err, &ae):
 		return exitRefused
 	case errors.As(err, &ce):
