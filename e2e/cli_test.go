@@ -1,6 +1,9 @@
 package e2e
 
 import (
+	"encoding/json"
+	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -112,4 +115,53 @@ func TestCLIStoreFailure(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	d.MustCLI("unban", "198.51.100.7")
+}
+
+// A login chosen by an attacker, with escape sequences and a newline that
+// would forge a status line, is banned through the real Dovecot port and
+// shown escaped by status, ban and the daemon's text log.
+func TestStatusEscapesLogins(t *testing.T) {
+	d := NewDaemon(t, "jails.dovecot-user.maxretry=2", "jails.dovecot.maxretry=50")
+	d.Start()
+	const login = "\x1b]0;pwned\x07\x1b[2J\x1b[31mevil@example.org\n`- Banned IP list:\t203.0.113.99\r"
+	c := &http.Client{Timeout: 10 * time.Second}
+	for i, remote := range []string{"192.0.2.41", "192.0.2.42"} {
+		body, _ := json.Marshal(map[string]any{"login": login, "pwhash": fmt.Sprintf("%04x", i), "remote": remote,
+			"protocol": "imap", "session_id": fmt.Sprintf("esc%d", i), "success": false, "policy_reject": false})
+		resp, err := dovecotPost(c, d.Dovecot, "report", body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("report = %d", resp.StatusCode)
+		}
+	}
+	out := d.MustCLI("status", "dovecot-user")
+	// (logins are compared case-insensitively, so the subject is in lower case)
+	if !strings.Contains(out, `\x1b]0;pwned\x07\x1b[2j\x1b[31mevil@example.org\n`+"`- banned ip list:"+`\t203.0.113.99`) {
+		t.Errorf("status does not show the login escaped:\n%q", out)
+	}
+	if !strings.Contains(out, "Banned user list:") {
+		t.Errorf("a user ban is not under Banned user list:\n%s", out)
+	}
+	out2, _ := d.CLI("ban", "\x1b[31mred@example.org")
+	for name, o := range map[string]string{"status": out, "ban": out2, "log": d.Log()} {
+		if strings.ContainsAny(o, "\x1b\x07\r") {
+			t.Errorf("%s output carries a raw control character:\n%q", name, o)
+		}
+		for _, l := range strings.Split(o, "\n") {
+			if strings.Contains(l, "203.0.113.99") && !strings.Contains(l, "evil") {
+				t.Errorf("%s output has a line forged by the login: %q", name, l)
+			}
+		}
+	}
+	if !strings.Contains(out2, `banned \x1b[31mred@example.org in jail manual`) {
+		t.Errorf("ban output = %q, want the login escaped", out2)
+	}
+	// --json stays JSON: the login is there, escaped by JSON.
+	var sts []map[string]any
+	if err := json.Unmarshal([]byte(d.MustCLI("status", "dovecot-user", "--json")), &sts); err != nil || len(sts) != 1 {
+		t.Fatalf("status --json: %v", err)
+	}
 }

@@ -50,8 +50,12 @@ func (a Action) Valid() bool { return slices.Contains(Actions(), a) }
 // a known device when Config.KnownDeviceTTL is zero.
 const DefaultKnownDeviceTTL = 30 * 24 * time.Hour
 
-// ManualJail holds bans made by an administrator without --jail.
-const ManualJail = "manual"
+// ManualJail holds bans made by an administrator without --jail; its bans
+// last ManualBanTime unless the administrator says otherwise.
+const (
+	ManualJail    = "manual"
+	ManualBanTime = time.Hour
+)
 
 // Jail is one fail2ban-style jail.
 type Jail struct {
@@ -493,7 +497,7 @@ func (g *Guard) Ban(ctx context.Context, target, jail string, d time.Duration) (
 		return store.Ban{}, noJail(jail)
 	}
 	if d <= 0 {
-		d = time.Hour
+		d = ManualBanTime
 	}
 	b, err := g.st.Ban(ctx, store.Ban{Jail: jail, Subject: subject, Created: g.now(), Expires: g.now().Add(d), Reason: "manual"})
 	if err != nil {
@@ -573,7 +577,7 @@ func (g *Guard) Status(ctx context.Context, only string) ([]JailStatus, error) {
 		add(j)
 	}
 	if len(byJail[ManualJail]) > 0 || only == ManualJail || stats[ManualJail].TotalBanned > 0 {
-		add(Jail{Name: ManualJail, Action: ActionFirewall})
+		add(Jail{Name: ManualJail, Action: ActionFirewall, BanTime: ManualBanTime})
 	}
 	return out, nil
 }

@@ -10,6 +10,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/mailguard/mailguard/admin"
+	"github.com/mailguard/mailguard/internal/escape"
 )
 
 func statusCmd(g *globals) *cobra.Command {
@@ -65,7 +66,7 @@ func banCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "banned %s in jail %s until %s\n", admin.Target(b.Subject), b.Jail, b.Expires.Local().Format(time.RFC3339))
+			fmt.Fprintf(cmd.OutOrStdout(), "banned %s in jail %s until %s\n", escape.String(admin.Target(b.Subject)), escape.String(b.Jail), b.Expires.Local().Format(time.RFC3339))
 			return nil
 		},
 	}
@@ -90,9 +91,9 @@ func unbanCmd(g *globals) *cobra.Command {
 			}
 			var jails []string
 			for _, b := range lifted {
-				jails = append(jails, b.Jail)
+				jails = append(jails, escape.String(b.Jail))
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "unbanned %s (jails: %s)\n", args[0], strings.Join(jails, ", "))
+			fmt.Fprintf(cmd.OutOrStdout(), "unbanned %s (jails: %s)\n", escape.String(args[0]), strings.Join(jails, ", "))
 			return nil
 		},
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/mailguard/mailguard/admin"
 	"github.com/mailguard/mailguard/internal/config"
+	"github.com/mailguard/mailguard/internal/escape"
 )
 
 // Version is set at build time (-ldflags "-X main.Version=...").
@@ -43,8 +44,9 @@ func main() {
 	stop()
 	if err != nil {
 		// Masked: an error may quote a secret it was given (a Redis URL
-		// that does not parse).
-		fmt.Fprintln(os.Stderr, "mailguard:", g.cfg.Redact(err.Error()))
+		// that does not parse); escaped: it may quote what a client sent
+		// or an admin typed.
+		fmt.Fprintln(os.Stderr, "mailguard:", escape.Lines(g.cfg.Redact(err.Error())))
 		os.Exit(exitCode(err))
 	}
 }
