@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/mailguard/mailguard/guard"
@@ -74,10 +75,77 @@ const (
 	CodeUnavailable = "unavailable" // 503: the store failed or timed out; try again
 )
 
-// Server is the admin API. Serve its Handler on the socket from Listen.
+// Defaults used for zero fields of Server: the CLI opens one connection per
+// command; the cap and timeouts keep a stuck or flooding local client from
+// holding file descriptors.
+const (
+	DefaultMaxConns          = 16
+	DefaultReadHeaderTimeout = 5 * time.Second
+	DefaultIdleTimeout       = 30 * time.Second
+	DefaultWriteTimeout      = 30 * time.Second
+)
+
+// Server is the admin API. Serve it on the socket from Listen. Set the
+// fields before Serve.
 type Server struct {
 	Guard Guard
 	Log   *slog.Logger // nil: slog.Default()
+	// MaxConns caps the open connections: at the cap the connection idle the
+	// longest is closed to make room. Zero: DefaultMaxConns.
+	MaxConns int
+	// ReadHeaderTimeout bounds reading a request's headers, IdleTimeout a
+	// kept-alive connection between requests, WriteTimeout a request and its
+	// answer. Zero: the defaults above.
+	ReadHeaderTimeout, IdleTimeout, WriteTimeout time.Duration
+
+	mu     sync.Mutex
+	srv    *http.Server
+	closed bool
+}
+
+// Serve answers on l until Close, then returns nil. It closes l.
+func (s *Server) Serve(l net.Listener) error {
+	cl := listen.Cap(l, orDefault(s.MaxConns, DefaultMaxConns))
+	srv := &http.Server{
+		Handler:           s.Handler(),
+		ReadHeaderTimeout: orDefault(s.ReadHeaderTimeout, DefaultReadHeaderTimeout),
+		ReadTimeout:       orDefault(s.ReadHeaderTimeout, DefaultReadHeaderTimeout) + 5*time.Second,
+		IdleTimeout:       orDefault(s.IdleTimeout, DefaultIdleTimeout),
+		WriteTimeout:      orDefault(s.WriteTimeout, DefaultWriteTimeout),
+		MaxHeaderBytes:    16 << 10,
+		ConnState:         cl.ConnState,
+		ErrorLog:          slog.NewLogLogger(s.log().Handler(), slog.LevelDebug),
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		l.Close()
+		return nil
+	}
+	s.srv = srv
+	s.mu.Unlock()
+	if err := srv.Serve(cl); !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("admin: %w", err)
+	}
+	return nil
+}
+
+// Close closes the listener and every connection; Serve returns.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	if s.srv == nil {
+		return nil
+	}
+	return s.srv.Close()
+}
+
+func orDefault[T int | time.Duration](v, def T) T {
+	if v <= 0 {
+		return def
+	}
+	return v
 }
 
 func (s *Server) log() *slog.Logger {

@@ -64,7 +64,10 @@ type Daemon struct {
 	// The admin socket is in the shared filesystem, so the CLI reaches it.
 	NetNS string
 	// Env is added to the daemon's environment (KEY=VALUE).
-	Env  []string
+	Env []string
+	// Wrap, when set, runs `mailguard serve` through this command and its
+	// arguments (prlimit, setpriv ...), which must exec it in place.
+	Wrap []string
 	sets []string
 	cmd  *exec.Cmd
 	log  *syncBuffer
@@ -129,6 +132,9 @@ func (d *Daemon) Start() {
 		args = append(args, "--set", s)
 	}
 	d.cmd = d.command(context.Background(), args...)
+	if len(d.Wrap) > 0 {
+		d.cmd = exec.Command(d.Wrap[0], append(append(d.Wrap[1:len(d.Wrap):len(d.Wrap)], binary(d.t)), args...)...)
+	}
 	if len(d.Env) > 0 {
 		d.cmd.Env = append(os.Environ(), d.Env...)
 	}

@@ -5,10 +5,16 @@ package metrics
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
+	"net"
 	"net/http"
 	"net/http/pprof"
+	"sync"
 	"time"
+
+	"github.com/mailguard/mailguard/internal/listen"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -127,7 +133,18 @@ func (f Frontend) BadRequest(reason string) { f.R.BadRequest(f.Name, reason) }
 // StoreError counts a store failure of this front end.
 func (f Frontend) StoreError() { f.R.StoreError(f.Name) }
 
-// Server is /metrics and /healthz. Serve its Handler.
+// Defaults used for zero fields of Server. A scraper (Prometheus, a health
+// check) needs a connection or two; the cap keeps a flood of idle
+// connections from using up the file descriptors the mail front ends need.
+const (
+	DefaultMaxConns          = 32
+	DefaultReadHeaderTimeout = 5 * time.Second
+	DefaultIdleTimeout       = time.Minute
+	DefaultWriteTimeout      = 30 * time.Second
+)
+
+// Server is /metrics and /healthz. Serve it on a listener with Serve, or
+// mount its Handler elsewhere. Set the fields before Serve.
 type Server struct {
 	Registry *Registry
 	// Health returns nil when the node works; an error makes /healthz answer
@@ -137,6 +154,70 @@ type Server struct {
 	// by default: it shows the daemon's internals to whoever reaches the
 	// listener.
 	Pprof bool
+	// MaxConns caps the open connections (Serve only): at the cap the
+	// connection idle the longest is closed to make room. Zero:
+	// DefaultMaxConns.
+	MaxConns int
+	// ReadHeaderTimeout bounds reading a request's headers, IdleTimeout a
+	// kept-alive connection between requests, WriteTimeout a whole request
+	// and its answer (Serve only). Zero: the defaults above.
+	ReadHeaderTimeout, IdleTimeout, WriteTimeout time.Duration
+	Log                                          *slog.Logger // nil: slog.Default()
+
+	mu     sync.Mutex
+	srv    *http.Server
+	closed bool
+}
+
+// Serve answers on l until Close, then returns nil. It closes l.
+func (s *Server) Serve(l net.Listener) error {
+	cl := listen.Cap(l, orDefault(s.MaxConns, DefaultMaxConns))
+	if s.Registry != nil {
+		cl.Shed = func(string) { s.Registry.BadRequest("metrics", "too-many-conns") }
+	}
+	log := s.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	srv := &http.Server{
+		Handler:           s.Handler(),
+		ReadHeaderTimeout: orDefault(s.ReadHeaderTimeout, DefaultReadHeaderTimeout),
+		IdleTimeout:       orDefault(s.IdleTimeout, DefaultIdleTimeout),
+		WriteTimeout:      orDefault(s.WriteTimeout, DefaultWriteTimeout),
+		MaxHeaderBytes:    16 << 10,
+		ConnState:         cl.ConnState,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		l.Close()
+		return nil
+	}
+	s.srv = srv
+	s.mu.Unlock()
+	if err := srv.Serve(cl); !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("metrics: %w", err)
+	}
+	return nil
+}
+
+// Close closes the listener and every connection; Serve returns.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	if s.srv == nil {
+		return nil
+	}
+	return s.srv.Close()
+}
+
+func orDefault[T int | time.Duration](v, def T) T {
+	if v <= 0 {
+		return def
+	}
+	return v
 }
 
 // Handler returns the routes.

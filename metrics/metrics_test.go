@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -76,5 +77,90 @@ func TestPprof(t *testing.T) {
 				t.Errorf("Pprof %v: GET %s = %d, want %d", on, path, code, want)
 			}
 		}
+	}
+}
+
+// serveReal runs a Server on a loopback listener.
+func serveReal(t *testing.T, s *Server) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(l) }()
+	t.Cleanup(func() {
+		s.Close()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	return l.Addr().String()
+}
+
+// serverClosed reports whether the server closed c within 10s.
+func serverClosed(c net.Conn) bool {
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 4096)
+	for {
+		if _, err := c.Read(buf); err != nil {
+			var ne net.Error
+			return !(errors.As(err, &ne) && ne.Timeout())
+		}
+	}
+}
+
+// Idle keep-alive and silent connections, twice the cap of them, neither
+// pile up nor lock out a scraper; idle and half-sent requests are closed.
+func TestServeBoundsConnections(t *testing.T) {
+	const maxConns = 4
+	r := New(nil)
+	s := &Server{Registry: r, MaxConns: maxConns, IdleTimeout: 300 * time.Millisecond, ReadHeaderTimeout: 300 * time.Millisecond}
+	addr := serveReal(t, s)
+
+	var flood []net.Conn
+	for range 2 * maxConns {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		flood = append(flood, c)
+	}
+	hc := &http.Client{Timeout: 10 * time.Second}
+	resp, err := hc.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatalf("scrape during a flood of %d idle connections: %v", 2*maxConns, err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(b), `mailguard_bad_requests_total{frontend="metrics",reason="too-many-conns"}`) {
+		t.Errorf("scrape = %d, without the evictions counted:\n%s", resp.StatusCode, b)
+	}
+	for i, c := range flood[:maxConns+1] {
+		if !serverClosed(c) {
+			t.Errorf("flood connection %d (of the oldest) not closed", i)
+		}
+	}
+
+	// A kept-alive connection is closed after IdleTimeout, a request whose
+	// headers never end after ReadHeaderTimeout.
+	idle, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	io.WriteString(idle, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+	if !serverClosed(idle) {
+		t.Errorf("idle keep-alive connection not closed")
+	}
+	slow, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Close()
+	io.WriteString(slow, "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+	if !serverClosed(slow) {
+		t.Errorf("a request with unfinished headers was not closed")
 	}
 }

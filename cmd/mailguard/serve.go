@@ -7,13 +7,11 @@ import (
 	"log/slog"
 	"maps"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"slices"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/spf13/cobra"
 
@@ -103,6 +101,7 @@ func openStore(ctx context.Context, c config.Config, log *slog.Logger) (store.St
 // serve runs the daemon until ctx ends.
 func serve(ctx context.Context, c config.Config, log *slog.Logger) error {
 	ignore, _ := config.ParseIgnore(c.IgnoreIP) // validated
+	checkNoFile(c, log)
 	st, err := openStore(ctx, c, log)
 	if err != nil {
 		return err
@@ -153,8 +152,8 @@ func serve(ctx context.Context, c config.Config, log *slog.Logger) error {
 		ReadTimeout: c.Dovecot.Timeout.D(),
 		Log:         log.With("frontend", "dovecot"), Metrics: metrics.Frontend{R: reg, Name: "dovecot"},
 	}
-	adm := &http.Server{Handler: (&admin.Server{Guard: g, Log: log}).Handler(), ReadTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second}
-	ms := &http.Server{Handler: (&metrics.Server{Registry: reg, Health: health(st), Pprof: c.Metrics.Pprof}).Handler(), ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 30 * time.Second}
+	adm := &admin.Server{Guard: g, Log: log.With("frontend", "admin")}
+	ms := &metrics.Server{Registry: reg, Health: health(st), Pprof: c.Metrics.Pprof, Log: log.With("frontend", "metrics")}
 
 	// Bind every listener before serving: a taken port stops the start
 	// with a clear error instead of a half-running daemon.
@@ -213,9 +212,9 @@ func serve(ctx context.Context, c config.Config, log *slog.Logger) error {
 	}
 	run("postfix.listen", func() error { return pf.Serve(pfL) })
 	run("dovecot.listen", func() error { return dv.Serve(dvL) })
-	run("admin.socket", func() error { return httpServe(adm, adminL) })
+	run("admin.socket", func() error { return adm.Serve(adminL) })
 	if metricsL != nil {
-		run("metrics.listen", func() error { return httpServe(ms, metricsL) })
+		run("metrics.listen", func() error { return ms.Serve(metricsL) })
 	}
 
 	log.Info("mailguard started", "version", Version, "postfix", c.Postfix.Listen, "dovecot", c.Dovecot.Listen,
@@ -291,14 +290,6 @@ func health(st store.Store) func(context.Context) error {
 		}
 		return nil
 	}
-}
-
-// httpServe serves l until srv is closed (also when Close came first).
-func httpServe(srv *http.Server, l net.Listener) error {
-	if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
-	return nil
 }
 
 // dovecotGuard gives authhook the verdict in its own type: front ends do not
