@@ -165,10 +165,14 @@ func (s *Server) Handler() http.Handler {
 }
 
 // Listen creates the socket at path (its directory with mode 0700 if
-// missing, a stale socket removed) with mode 0600.
+// missing, a stale socket removed) with mode 0600. A directory another user
+// owns or may write is an error wrapping ErrUnsafeSocket.
 func Listen(path string) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("admin: socket directory: %w", err)
+	}
+	if err := checkDir(filepath.Dir(path)); err != nil {
+		return nil, err
 	}
 	old := umask(0o177) // no moment with a wider mode than 0600
 	l, err := listen.Listen("unix:"+path, 0o600, "")

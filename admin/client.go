@@ -39,6 +39,10 @@ type APIError struct {
 func (e *APIError) Error() string { return e.Message }
 
 func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
+	// Talk only to a socket no other user can have put there.
+	if err := checkSocket(c.Socket); err != nil {
+		return err
+	}
 	hc := &http.Client{
 		Timeout: 15 * time.Second,
 		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {

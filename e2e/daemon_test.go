@@ -37,6 +37,7 @@ func binary(t *testing.T) string {
 			buildErr = err
 			return
 		}
+		os.Chmod(dir, 0o755) // the binary also runs as nobody
 		binPath = filepath.Join(dir, "mailguard")
 		out, err := exec.Command("go", "build", "-race", "-o", binPath, "../cmd/mailguard").CombinedOutput()
 		if err != nil {

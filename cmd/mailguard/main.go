@@ -65,7 +65,7 @@ func exitCode(err error) int {
 		return exitUnavailable
 	case errors.As(err, &ae):
 		return exitRefused
-	case errors.As(err, &ce):
+	case errors.As(err, &ce), errors.Is(err, admin.ErrUnsafeSocket):
 		return exitUsage
 	}
 	return exitRefused
