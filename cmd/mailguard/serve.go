@@ -94,7 +94,12 @@ func openStore(ctx context.Context, c config.Config, log *slog.Logger) (store.St
 		if err := os.MkdirAll(c.StateDir, 0o700); err != nil {
 			return nil, fmt.Errorf("state_dir: %w", err)
 		}
-		return memstore.Open(memstore.Options{Dir: c.StateDir, Log: log})
+		st, err := memstore.Open(memstore.Options{Dir: c.StateDir, Log: log})
+		if errors.Is(err, memstore.ErrCorrupt) {
+			// Exit 2: the unit's RestartPreventExitStatus=2 stops a restart loop.
+			return nil, &exitError{exitUsage, fmt.Errorf("%w\nthe state in %s is damaged: `mailguard state check` lists what; `mailguard state repair` (daemon stopped) moves the damaged lines aside and says how many bans are lost", err, c.StateDir)}
+		}
+		return st, err
 	}
 }
 

@@ -197,17 +197,11 @@ func (s *Store) load() (uint64, error) {
 	case err != nil:
 		return 0, fmt.Errorf("memstore: read snapshot %s: %w", snapPath, err)
 	default:
-		if err := json.Unmarshal(data, &snap); err != nil {
-			return 0, fmt.Errorf("memstore: snapshot %s is corrupt: %w", snapPath, err)
-		}
-		if snap.Version != snapshotVersion {
-			return 0, fmt.Errorf("memstore: snapshot %s: version %d, want %d", snapPath, snap.Version, snapshotVersion)
+		if err := decodeSnapshot(data, &snap); err != nil {
+			return 0, &CorruptError{File: snapPath, Err: err}
 		}
 	}
 	for _, r := range snap.Bans {
-		if r.Op != opBan {
-			return 0, fmt.Errorf("memstore: snapshot %s is corrupt: ban record with op %q", snapPath, r.Op)
-		}
 		s.shard(r.Subject).putBan(r.ban())
 	}
 	for _, h := range snap.History {
@@ -262,62 +256,133 @@ func journals(dir string) ([]uint64, error) {
 	return gens, nil
 }
 
-// replay applies the records of one journal. A last line without its newline
-// that does not decode is the torn end of a write cut short by a crash: it is
-// dropped with a warning. Any other bad line is an error.
-func (s *Store) replay(path string) error {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Errorf("memstore: read journal %s: %w", path, err)
+// ErrCorrupt is wrapped by the error of Open (a *CorruptError) when a
+// journal line or the snapshot cannot be read back: Check says what is
+// damaged and Repair moves it aside.
+var ErrCorrupt = errors.New("damaged state")
+
+// CorruptError names the damaged file and, for a journal, the first damaged
+// line.
+type CorruptError struct {
+	File string
+	Line int // 0: the snapshot
+	Err  error
+}
+
+func (e *CorruptError) Error() string {
+	if e.Line == 0 {
+		return fmt.Sprintf("memstore: snapshot %s is corrupt: %v", e.File, e.Err)
 	}
-	for lineNo := 1; len(data) > 0; lineNo++ {
-		line, rest, complete := bytes.Cut(data, []byte{'\n'})
-		data = rest
-		if len(bytes.TrimSpace(line)) == 0 {
-			continue
-		}
-		var r record
-		err := json.Unmarshal(line, &r)
-		if err == nil {
-			err = s.apply(r)
-		}
-		if err != nil {
-			if !complete {
-				s.log.Warn("memstore: dropping the torn last line of a journal (a crash cut a write short)",
-					"file", path, "line", lineNo, "bytes", len(line))
-				return nil
-			}
-			return fmt.Errorf("memstore: journal %s line %d is corrupt: %w", path, lineNo, err)
+	return fmt.Sprintf("memstore: journal %s line %d is corrupt: %v", e.File, e.Line, e.Err)
+}
+
+func (e *CorruptError) Unwrap() []error { return []error{ErrCorrupt, e.Err} }
+
+// decodeSnapshot decodes and checks a snapshot.
+func decodeSnapshot(data []byte, snap *snapshot) error {
+	if err := json.Unmarshal(data, snap); err != nil {
+		return err
+	}
+	if snap.Version != snapshotVersion {
+		return fmt.Errorf("version %d, want %d", snap.Version, snapshotVersion)
+	}
+	for _, r := range snap.Bans {
+		if r.Op != opBan {
+			return fmt.Errorf("ban record with op %q", r.Op)
 		}
 	}
 	return nil
 }
 
-// apply replays one record. It runs before the store is shared, so it takes
-// no locks.
-func (s *Store) apply(r record) error {
+// journalLine is one non-empty line of a journal, decoded and checked.
+type journalLine struct {
+	no       int // from 1
+	text     []byte
+	complete bool // ended by a newline
+	rec      record
+	err      error // not a valid record
+}
+
+// torn: the last line, without its newline, that does not decode: the end
+// of a write cut short by a crash, not damage.
+func (l journalLine) torn() bool { return l.err != nil && !l.complete }
+
+// scanJournal calls fn for each non-empty line of data; fn returning false
+// stops the scan.
+func scanJournal(data []byte, fn func(journalLine) bool) {
+	for no := 1; len(data) > 0; no++ {
+		line, rest, complete := bytes.Cut(data, []byte{'\n'})
+		data = rest
+		if len(bytes.TrimSpace(line)) == 0 {
+			continue
+		}
+		l := journalLine{no: no, text: line, complete: complete}
+		if l.err = json.Unmarshal(line, &l.rec); l.err == nil {
+			l.err = l.rec.check()
+		}
+		if !fn(l) {
+			return
+		}
+	}
+}
+
+// replay applies the records of one journal. A torn last line is dropped
+// with a warning. Any other bad line is a *CorruptError.
+func (s *Store) replay(path string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("memstore: read journal %s: %w", path, err)
+	}
+	scanJournal(data, func(l journalLine) bool {
+		switch {
+		case l.torn():
+			s.log.Warn("memstore: dropping the torn last line of a journal (a crash cut a write short)",
+				"file", path, "line", l.no, "bytes", len(l.text))
+		case l.err != nil:
+			err = &CorruptError{File: path, Line: l.no, Err: l.err}
+			return false
+		default:
+			s.apply(l.rec)
+		}
+		return true
+	})
+	return err
+}
+
+// check tells whether r can be replayed.
+func (r record) check() error {
 	switch r.Op {
 	case opBan:
 		if r.Jail == "" || r.Subject == "" {
 			return errors.New("ban record without jail or subject")
 		}
-		sh := s.shard(r.Subject)
-		sh.putBan(r.ban())
-		sh.addHistory(wkey{r.Jail, r.Subject}, r.Created, r.Keep)
 	case opUnban:
 		if r.Subject == "" {
 			return errors.New("unban record without subject")
 		}
-		delete(s.shard(r.Subject).bans, r.Subject)
 	case opKnown:
 		if r.Key == "" {
 			return errors.New("known record without key")
 		}
-		s.shard(r.Key).known[r.Key] = known{exp: r.Expires, saved: r.Expires}
 	default:
 		return fmt.Errorf("unknown op %q", r.Op)
 	}
 	return nil
+}
+
+// apply replays one checked record. It runs before the store is shared, so
+// it takes no locks.
+func (s *Store) apply(r record) {
+	switch r.Op {
+	case opBan:
+		sh := s.shard(r.Subject)
+		sh.putBan(r.ban())
+		sh.addHistory(wkey{r.Jail, r.Subject}, r.Created, r.Keep)
+	case opUnban:
+		delete(s.shard(r.Subject).bans, r.Subject)
+	case opKnown:
+		s.shard(r.Key).known[r.Key] = known{exp: r.Expires, saved: r.Expires}
+	}
 }
 
 // compact switches to a new journal, writes the state to a new snapshot
