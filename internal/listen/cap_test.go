@@ -13,14 +13,22 @@ import (
 )
 
 // capServer serves handler on a Capped loopback listener of n connections.
-func capServer(t *testing.T, n int, handler http.HandlerFunc) (*Capped, string) {
+// idle, when not nil, receives a value each time a connection turns idle
+// after a request (so that a test knows the server's view).
+func capServer(t *testing.T, n int, handler http.HandlerFunc, idle chan<- struct{}) (*Capped, string) {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	cl := Cap(l, n)
-	srv := &http.Server{Handler: handler, ConnState: cl.ConnState, ReadHeaderTimeout: 10 * time.Second}
+	state := func(c net.Conn, st http.ConnState) {
+		cl.ConnState(c, st)
+		if st == http.StateIdle && idle != nil {
+			idle <- struct{}{}
+		}
+	}
+	srv := &http.Server{Handler: handler, ConnState: state, ReadHeaderTimeout: 10 * time.Second}
 	done := make(chan struct{})
 	go func() { srv.Serve(cl); close(done) }()
 	t.Cleanup(func() { srv.Close(); <-done })
@@ -58,7 +66,8 @@ func TestCappedEvictsLongestIdle(t *testing.T) {
 	const n = 4
 	var mu sync.Mutex
 	reasons := map[string]int{}
-	cl, addr := capServer(t, n, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })
+	idle := make(chan struct{}, 64)
+	cl, addr := capServer(t, n, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }, idle)
 	cl.Shed = func(r string) { mu.Lock(); reasons[r]++; mu.Unlock() }
 
 	var idlers []net.Conn
@@ -72,6 +81,7 @@ func TestCappedEvictsLongestIdle(t *testing.T) {
 			if got := get(t, c, bufio.NewReader(c)); got != "200 OK" {
 				t.Fatalf("idler %d: %s", i, got)
 			}
+			<-idle // the server too sees it idle now
 		}
 		idlers = append(idlers, c)
 	}
@@ -114,7 +124,7 @@ func TestCappedRefusesWhenAllBusy(t *testing.T) {
 		inside <- struct{}{}
 		<-release
 		io.WriteString(w, "ok")
-	})
+	}, nil)
 	var wg sync.WaitGroup
 	for range n {
 		c, err := net.Dial("tcp", addr)
