@@ -4,10 +4,13 @@
 package testenv
 
 import (
+	"crypto/rand"
+	"math/big"
 	"net"
 	"os"
 	"os/exec"
 	"strconv"
+	"sync"
 	"testing"
 )
 
@@ -58,13 +61,45 @@ func Command(t testing.TB, name string) string {
 	return p
 }
 
-// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+// Ports handed out by FreePort lie below the kernel's ephemeral range
+// (net.ipv4.ip_local_port_range, 32768-60999 on Debian), where listeners on
+// port 0 and outgoing connections get theirs. A port taken from that range
+// could be handed by the kernel to another test's listener (go test runs
+// packages in parallel) between FreePort and the bind that uses it, and a
+// client would then talk to the wrong server.
+const (
+	portLow  = 20000
+	portHigh = 32767
+)
+
+var (
+	portMu   sync.Mutex
+	portUsed = map[int]bool{}
+)
+
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago, below
+// the ephemeral range and never the same twice in one test process.
 func FreePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("free port: %v", err)
+	portMu.Lock()
+	defer portMu.Unlock()
+	for range 1000 {
+		n, err := rand.Int(rand.Reader, big.NewInt(portHigh-portLow+1))
+		if err != nil {
+			t.Fatalf("free port: %v", err)
+		}
+		p := portLow + int(n.Int64())
+		if portUsed[p] {
+			continue
+		}
+		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p)))
+		if err != nil {
+			continue
+		}
+		l.Close()
+		portUsed[p] = true
+		return p
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	t.Fatalf("free port: none free in %d-%d after 1000 tries", portLow, portHigh)
+	return 0
 }
