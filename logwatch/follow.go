@@ -57,6 +57,9 @@ type Line struct {
 	// Text is the line's bytes as written: possibly invalid UTF-8. It is
 	// the receiver's to keep.
 	Text []byte
+	// Time is when the journal recorded the entry; zero for files (the
+	// time is in the text, for the filter's datepattern).
+	Time time.Time
 	// Truncated is set when the line was longer than MaxLineBytes: Text
 	// holds its first MaxLineBytes bytes, the rest was dropped.
 	Truncated bool

@@ -102,13 +102,18 @@ func loadPosition(dir, path string) (p position, ok bool, err error) {
 	return p, true, nil
 }
 
-// savePosition writes p atomically: a temporary file in dir, fsync, rename.
+// savePosition writes p atomically.
 func savePosition(dir string, p position) error {
 	b, err := json.Marshal(p)
 	if err != nil {
 		return fmt.Errorf("logwatch: encode position: %w", err)
 	}
-	name := stateFile(dir, p.Path)
+	return writeAtomic(dir, stateFile(dir, p.Path), b)
+}
+
+// writeAtomic replaces name (in dir) with b: a temporary file in dir, fsync,
+// rename, so a crash leaves the old content or the new, never half.
+func writeAtomic(dir, name string, b []byte) error {
 	tmp, err := os.CreateTemp(dir, ".logwatch-*.tmp")
 	if err != nil {
 		return fmt.Errorf("logwatch: save position: %w", err)
