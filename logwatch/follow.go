@@ -403,34 +403,47 @@ func (w *follow) run(ctx context.Context, watcher *fsnotify.Watcher) {
 	tick := time.NewTicker(w.poll)
 	defer tick.Stop()
 	for {
-		w.step(ctx)
+		again := w.step(ctx)
 		w.save(false)
-		select {
-		case <-ctx.Done():
-			w.save(true)
-			return
-		case <-tick.C:
-		case ev, ok := <-events:
-			if !ok {
-				events = nil
-				continue
+		if again && ctx.Err() == nil {
+			continue
+		}
+	wait:
+		for {
+			select {
+			case <-ctx.Done():
+				w.save(true)
+				return
+			case <-tick.C:
+				break wait
+			case ev, ok := <-events:
+				if !ok {
+					events = nil
+					continue
+				}
+				// The followed name, and its rotated name: a writer may
+				// still write to the old file after the rename.
+				if name := filepath.Clean(ev.Name); name == w.path || name == w.path+RotatedSuffix {
+					break wait
+				}
+			case err, ok := <-errs:
+				if !ok {
+					errs = nil
+					continue
+				}
+				w.log.Warn("logwatch: inotify error, the poll goes on", "err", err)
 			}
-			if filepath.Clean(ev.Name) != w.path {
-				continue
-			}
-		case err, ok := <-errs:
-			if !ok {
-				errs = nil
-				continue
-			}
-			w.log.Warn("logwatch: inotify error, the poll goes on", "err", err)
 		}
 	}
 }
 
-// step handles truncation, reads what is new, then handles rotation.
-func (w *follow) step(ctx context.Context) {
+// step handles truncation, reads what is new, then handles rotation. It
+// returns true when it should run again at once: the file was rotated away
+// but its old self still gave lines on this read, so it is read once more
+// before switching (a writer that has not reopened its log yet).
+func (w *follow) step(ctx context.Context) bool {
 	fi, err := os.Stat(w.path)
+	var got int64
 	if w.cur != nil {
 		if err == nil && fi.Mode().IsRegular() && idOf(fi) == w.id && (fi.Size() < w.off || !w.sameHead()) {
 			// Checked before reading: a file truncated and rewritten past
@@ -439,10 +452,12 @@ func (w *follow) step(ctx context.Context) {
 			w.restOfCopy(ctx)
 			w.use(w.cur, fi, 0)
 		}
+		before := w.off
 		if err := w.readAll(ctx); err != nil {
 			w.setHealth(err)
-			return
+			return false
 		}
+		got = w.off - before
 	}
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
@@ -450,20 +465,23 @@ func (w *follow) step(ctx context.Context) {
 		if w.cur == nil {
 			w.setHealth(fmt.Errorf("logwatch: waiting for %s: %w", w.path, fs.ErrNotExist))
 		}
-		return
+		return false
 	case err != nil:
 		w.setHealth(fmt.Errorf("logwatch: %w", err))
-		return
+		return false
 	case !fi.Mode().IsRegular():
 		w.setHealth(fmt.Errorf("logwatch: %s: %w", w.path, ErrNotRegular))
-		return
+		return false
 	}
 	if w.cur != nil && idOf(fi) == w.id {
 		w.setHealth(nil)
-		return
+		return false
 	}
 	if w.cur != nil {
-		// Rotated by rename: the old file was read to its end above.
+		if got > 0 {
+			return true // the old file still grows: read it once more first
+		}
+		// Rotated by rename: the old file was read to its end.
 		w.flush()
 		w.log.Info("logwatch: file rotated, following the new one", "offset", w.off)
 		w.close()
@@ -471,7 +489,7 @@ func (w *follow) step(ctx context.Context) {
 	fh, nfi, err := openRegular(w.path)
 	if err != nil {
 		w.setHealth(err)
-		return
+		return false
 	}
 	start := w.next
 	if start > nfi.Size() {
@@ -483,6 +501,7 @@ func (w *follow) step(ctx context.Context) {
 	if err := w.readAll(ctx); err != nil {
 		w.setHealth(err)
 	}
+	return false
 }
 
 // restOfCopy reads, after a copytruncate, what the copy NAME.1 holds past the

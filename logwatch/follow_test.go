@@ -420,3 +420,36 @@ func TestStopOnContextAndTwice(t *testing.T) {
 	f.Stop()
 	f.Stop()
 }
+
+// TestRenamedFileStillWritten: a writer that has not reopened its log yet
+// goes on writing to the renamed file; those lines come before the new
+// file's.
+func TestRenamedFileStillWritten(t *testing.T) {
+	for _, m := range modes {
+		t.Run(m.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "mail.log")
+			old, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer old.Close()
+			c := start(t, &Follower{Path: path, NoNotify: m.noNotify, PollInterval: m.poll})
+			if _, err := old.WriteString(numbered(0, 10)); err != nil {
+				t.Fatal(err)
+			}
+			c.waitN(t, 10)
+			if err := os.Rename(path, path+RotatedSuffix); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := old.WriteString(numbered(10, 20) + "no newline at the end"); err != nil {
+				t.Fatal(err)
+			}
+			c.waitN(t, 20)
+			appendFile(t, path, numbered(20, 30))
+			want := append(append(wantLines(0, 20), "no newline at the end"), wantLines(20, 30)...)
+			if got := c.waitN(t, len(want)); !equal(got, want) {
+				t.Fatalf("lines = %q, want %q", got, want)
+			}
+		})
+	}
+}
