@@ -453,3 +453,48 @@ func TestRenamedFileStillWritten(t *testing.T) {
 		})
 	}
 }
+
+// TestPollingWhenInotifyFails: the log's directory does not exist yet, so
+// inotify cannot watch it; the poll finds the file once both are made.
+func TestPollingWhenInotifyFails(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "not-yet")
+	path := filepath.Join(dir, "mail.log")
+	f := &Follower{Path: path, PollInterval: 5 * time.Millisecond}
+	c := start(t, f)
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	appendFile(t, path, "first\n")
+	if got := c.waitN(t, 1); !equal(got, []string{"first"}) {
+		t.Fatalf("lines = %q, want [first]", got)
+	}
+}
+
+// TestHealthWhenSourceTurnsUnreadable: a log replaced by a directory is
+// reported by Health, not ignored.
+func TestHealthWhenSourceTurnsUnreadable(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "mail.log")
+	appendFile(t, path, "")
+	f := &Follower{Path: path, PollInterval: 5 * time.Millisecond}
+	start(t, f)
+	if err := f.Health(); err != nil {
+		t.Fatalf("Health() = %v, want nil", err)
+	}
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(path, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// Bounded wait for the follower to poll (no event to wait on).
+	deadline := time.After(wait)
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	for !errors.Is(f.Health(), ErrNotRegular) {
+		select {
+		case <-deadline:
+			t.Fatalf("Health() = %v after %v, want %v", f.Health(), wait, ErrNotRegular)
+		case <-tick.C:
+		}
+	}
+}
