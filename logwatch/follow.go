@@ -292,13 +292,13 @@ func (w *follow) resume(fromStart bool, backlog time.Duration, maxBacklog int64)
 		}
 	}
 	if !ok {
+		// A file created later is read from its beginning (w.next is 0).
 		if cur != nil {
-			w.use(cur, fi, 0)
-			if !fromStart {
-				w.use(cur, fi, fi.Size())
+			start := fi.Size()
+			if fromStart {
+				start = 0
 			}
-		} else if !fromStart {
-			w.next = 0 // a file created later is read from its beginning
+			w.use(cur, fi, start)
 		}
 		return nil
 	}

@@ -498,3 +498,13 @@ func TestHealthWhenSourceTurnsUnreadable(t *testing.T) {
 		}
 	}
 }
+
+func TestFromStart(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "mail.log")
+	appendFile(t, path, "already there\n")
+	c := start(t, &Follower{Path: path, FromStart: true, PollInterval: 5 * time.Millisecond})
+	appendFile(t, path, "new\n")
+	if got := c.waitN(t, 2); !equal(got, []string{"already there", "new"}) {
+		t.Fatalf("lines = %q, want the whole file", got)
+	}
+}
