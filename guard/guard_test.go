@@ -30,7 +30,7 @@ var (
 		FindTime: time.Hour, Action: ActionRefuse}
 )
 
-func newGuard(t *testing.T, jails ...Jail) (*Guard, *clock) {
+func newGuard(t testing.TB, jails ...Jail) (*Guard, *clock) {
 	t.Helper()
 	clk := &clock{t: time.Now()}
 	st, err := memstore.Open(memstore.Options{Now: clk.Now})
