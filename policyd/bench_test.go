@@ -66,3 +66,22 @@ func BenchmarkReadRequest(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkReadRequestReused measures decoding the recorded request as a
+// server connection does, reusing its scratch space and Request.
+func BenchmarkReadRequestReused(b *testing.B) {
+	raw := recorded(b)
+	rd := bytes.NewReader(raw)
+	br := bufio.NewReader(rd)
+	var sc scratch
+	var req Request
+	b.ReportAllocs()
+	b.SetBytes(int64(len(raw)))
+	for b.Loop() {
+		rd.Reset(raw)
+		br.Reset(rd)
+		if err := sc.read(br, Limits{}, &req); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -21,8 +22,17 @@ type conn struct {
 	c      net.Conn
 	remote string
 
-	// running is closed when a guard call abandoned at Timeout returns.
-	running chan struct{}
+	// The connection's guard worker, started at its first request: jobs
+	// takes calls, results gives their outcomes. abandoned is set when a
+	// call outlived Timeout; its outcome, when it comes, is dropped.
+	jobs      chan job
+	results   chan outcome
+	abandoned bool
+
+	// Reused from request to request: reading space, the request, the reply.
+	sc  scratch
+	req Request
+	out []byte
 
 	// Guarded by s.mu.
 	waiting *list.Element // in s.fresh or s.idle while waiting for a request
@@ -33,6 +43,9 @@ type conn struct {
 func (s *Server) serveConn(cn *conn) {
 	c := cn.c
 	defer func() {
+		if cn.jobs != nil {
+			close(cn.jobs) // the worker ends once its call, if any, returns
+		}
 		s.mu.Lock()
 		cn.unlist()
 		delete(s.conns, cn)
@@ -54,7 +67,7 @@ func (s *Server) serveConn(cn *conn) {
 		if !cn.wait() {
 			return
 		}
-		req, err := ReadRequest(br, s.limits)
+		err := cn.sc.read(br, s.limits, &cn.req)
 		if !cn.work() {
 			return // closed under us: to make room, or by Shutdown or Close
 		}
@@ -63,10 +76,10 @@ func (s *Server) serveConn(cn *conn) {
 			return
 		}
 		start := time.Now()
-		action, verdict := cn.decide(req)
+		action, verdict := cn.decide(&cn.req)
 		s.metrics.Request(verdict, time.Since(start))
 		c.SetWriteDeadline(time.Now().Add(writeTimeout))
-		if err := WriteReply(c, action); err != nil {
+		if err := cn.reply(action); err != nil {
 			if !s.isShutdown() {
 				s.log.Debug("policyd: writing reply", "remote", cn.remote, "err", err)
 			}
@@ -76,6 +89,17 @@ func (s *Server) serveConn(cn *conn) {
 		cn.served = true
 		s.mu.Unlock()
 	}
+}
+
+// reply writes the reply, as WriteReply does, from the connection's buffer.
+func (cn *conn) reply(action string) error {
+	b, err := appendReply(cn.out[:0], action)
+	if err != nil {
+		return err
+	}
+	cn.out = b
+	_, err = cn.c.Write(b)
+	return err
 }
 
 // wait puts cn at the back of the waiting connections (those that may be
@@ -216,37 +240,54 @@ type outcome struct {
 
 var errBusy = errors.New("policyd: previous guard call on this connection still running")
 
-// ask runs the guard calls for one request in their own goroutine, so that
-// the answer comes within Timeout even from a Guard that ignores its context.
-// A call abandoned that way keeps its connection from starting another one
-// until it returns (later requests get the fail-mode answer at once), which
-// bounds abandoned calls by MaxConns.
+// job is one request's guard calls, for the connection's worker.
+type job struct {
+	ctx  context.Context
+	a    netip.Addr
+	user string
+	rcpt bool
+}
+
+// ask runs the guard calls for one request in the connection's worker
+// goroutine, so that the answer comes within Timeout even from a Guard that
+// ignores its context. A call abandoned that way keeps its connection from
+// starting another one until it returns (later requests get the fail-mode
+// answer at once), which bounds abandoned calls by MaxConns. One worker per
+// connection, not a goroutine per request: starting one cost more than the
+// embedded store's work.
 func (cn *conn) ask(a netip.Addr, user string, rcpt bool) outcome {
 	s := cn.s
-	if cn.running != nil {
+	if cn.abandoned {
 		select {
-		case <-cn.running:
-			cn.running = nil
+		case <-cn.results: // the abandoned call returned: its answer is stale
+			cn.abandoned = false
 		default:
 			return outcome{err: errBusy}
 		}
 	}
+	if cn.jobs == nil {
+		cn.jobs, cn.results = make(chan job), make(chan outcome, 1)
+		s.calls.Add(1)
+		go work(s.Guard, cn.jobs, cn.results, &s.calls)
+	}
 	ctx, cancel := context.WithTimeout(s.ctx, s.timeout)
 	defer cancel()
-	done := make(chan struct{})
-	var o outcome // written by the goroutine before close(done)
-	s.calls.Add(1)
-	go func() {
-		defer s.calls.Done()
-		defer close(done)
-		o = call(ctx, s.Guard, a, user, rcpt)
-	}()
+	cn.jobs <- job{ctx, a, user, rcpt} // the worker is idle: not abandoned
 	select {
-	case <-done:
+	case o := <-cn.results:
 		return o
 	case <-ctx.Done():
-		cn.running = done
+		cn.abandoned = true
 		return outcome{err: fmt.Errorf("policyd: guard: %w", ctx.Err())}
+	}
+}
+
+// work is a connection's guard worker: it runs the jobs it is given, one at
+// a time, until jobs is closed.
+func work(g Guard, jobs <-chan job, results chan<- outcome, calls *sync.WaitGroup) {
+	defer calls.Done()
+	for j := range jobs {
+		results <- call(j.ctx, g, j.a, j.user, j.rcpt)
 	}
 }
 

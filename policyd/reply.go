@@ -36,12 +36,23 @@ var errEmptyAction = errors.New("policyd: empty action")
 // surrounding space is trimmed, so a reply is always exactly one line
 // whatever text it carries; an action that is empty once cleaned is an error.
 func WriteReply(w io.Writer, action string) error {
+	b, err := appendReply(nil, action)
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(b)
+	return err
+}
+
+// appendReply appends the reply WriteReply writes to b.
+func appendReply(b []byte, action string) ([]byte, error) {
 	action = cleanAction(action)
 	if action == "" {
-		return errEmptyAction
+		return b, errEmptyAction
 	}
-	_, err := io.WriteString(w, "action="+action+"\n\n")
-	return err
+	b = append(b, "action="...)
+	b = append(b, action...)
+	return append(b, "\n\n"...), nil
 }
 
 // cleanAction replaces every control byte with a space and trims spaces.
