@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -198,7 +199,9 @@ func (cn *conn) decide(req *Request) (action, verdict string) {
 	if rcpt {
 		key = s.fold.key(req)
 		if action, verdict, ok := s.fold.repeat(key, time.Now()); ok {
-			log.Debug("policyd: same recipient request again, same answer", "client", addr, "action", action)
+			if s.debug() {
+				log.Debug("policyd: same recipient request again, same answer", "client", addr, "action", action)
+			}
 			return action, verdict
 		}
 	}
@@ -221,14 +224,20 @@ func (cn *conn) decide(req *Request) (action, verdict string) {
 		if ok, n := s.refusedLog.AllowEvery(o.banned, s.now(), refusalLogEvery); ok {
 			log.Info("policyd: refuse", "key", o.banned, "client", addr, "state", state, "suppressed", n)
 		} else {
-			log.Debug("policyd: refuse", "key", o.banned, "client", addr, "state", state)
+			if s.debug() {
+				log.Debug("policyd: refuse", "key", o.banned, "client", addr, "state", state)
+			}
 		}
 		return s.reject, VerdictReject
 	case o.over:
-		log.Debug("policyd: rate limit", "client", addr, "user", user)
+		if s.debug() {
+			log.Debug("policyd: rate limit", "client", addr, "user", user)
+		}
 		return s.deferA, VerdictDefer
 	}
-	log.Debug("policyd: dunno", "client", addr, "user", user, "state", state, "recipient_counted", rcpt)
+	if s.debug() { // boxing the arguments costs allocations even when disabled
+		log.Debug("policyd: dunno", "client", addr, "user", user, "state", state, "recipient_counted", rcpt)
+	}
 	return ActionDunno, VerdictDunno
 }
 
@@ -313,3 +322,7 @@ func isProtocolError(err error) bool {
 	return errors.Is(err, ErrMalformed) || errors.Is(err, ErrLineTooLong) || errors.Is(err, ErrTooLarge) ||
 		errors.Is(err, ErrTooManyAttrs) || errors.Is(err, ErrTruncated)
 }
+
+// debug reports whether debug lines are logged: the per-request ones are
+// built only then, since boxing their arguments allocates.
+func (s *Server) debug() bool { return s.log.Enabled(context.Background(), slog.LevelDebug) }
