@@ -8,8 +8,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/netip"
+	"net/url"
+	"sync"
 	"time"
 )
 
@@ -48,7 +51,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	defer s.busy.Done()
 	start := time.Now()
-	cmd := Command(r.URL.Query().Get("command"))
+	cmd := commandOf(r.URL.RawQuery)
 	bad := func(code int, reason, msg string) {
 		s.metrics.BadRequest(reason)
 		s.log.Debug("bad request", "status", code, "error", msg, "peer", r.RemoteAddr)
@@ -71,7 +74,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		bad(http.StatusBadRequest, ReasonCommand, fmt.Sprintf("unknown command %q: want allow or report", cmd))
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.maxBody))
+	bp := bodies.Get().(*[]byte)
+	defer putBody(bp)
+	body, err := readAll(http.MaxBytesReader(w, r.Body, s.maxBody), (*bp)[:0])
+	*bp = body // DecodeRequest copies what it keeps
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
@@ -146,7 +152,9 @@ func (s *Server) allow(ctx context.Context, req *Request, a netip.Addr, proto st
 		if ok, n := s.refusedLog.AllowEvery(key, s.now(), refusalLogEvery); ok {
 			s.log.Info("refused", "key", v.Banned, "stage", stage, "remote", a, "protocol", proto, "by_user", v.ByUser, "suppressed", n)
 		} else {
-			s.log.Debug("refused", "key", v.Banned, "stage", stage, "remote", a, "protocol", proto, "by_user", v.ByUser)
+			if s.debug() {
+				s.log.Debug("refused", "key", v.Banned, "stage", stage, "remote", a, "protocol", proto, "by_user", v.ByUser)
+			}
 		}
 		if v.ByUser {
 			return Reply{Status: -1, Msg: s.rejectUserMsg}, VerdictRefuse
@@ -155,17 +163,23 @@ func (s *Server) allow(ctx context.Context, req *Request, a netip.Addr, proto st
 	}
 	if !after {
 		if n := s.Tarpit.status(v.Failures, v.UserFailures, proto); n > 0 {
-			s.log.Debug("tarpit", "remote", a, "protocol", proto, "count", v.Failures, "user_count", v.UserFailures, "delay", n)
+			if s.debug() {
+				s.log.Debug("tarpit", "remote", a, "protocol", proto, "count", v.Failures, "user_count", v.UserFailures, "delay", n)
+			}
 			return Reply{Status: n}, VerdictTarpit
 		}
 	}
-	s.log.Debug("allow", "stage", stage, "request", *req, "count", v.Failures, "user_count", v.UserFailures)
+	if s.debug() {
+		s.log.Debug("allow", "stage", stage, "request", *req, "count", v.Failures, "user_count", v.UserFailures)
+	}
 	return Reply{}, VerdictAllow
 }
 
 func (s *Server) report(ctx context.Context, req *Request, a netip.Addr, proto string) string {
 	s.sess.done(sessionKey(req), s.now())
-	s.log.Debug("report", "request", *req)
+	if s.debug() {
+		s.log.Debug("report", "request", *req)
+	}
 	var f func(context.Context) error
 	var cause string
 	switch {
@@ -277,4 +291,53 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
 	w.Write(append(b, '\n'))
+}
+
+// debug reports whether debug lines are logged: the per-request ones are
+// built only then, since boxing their arguments allocates.
+func (s *Server) debug() bool { return s.log.Enabled(context.Background(), slog.LevelDebug) }
+
+// commandOf returns the command of a query string, as
+// url.ParseQuery(raw).Get("command") does, without parsing what Dovecot
+// always sends.
+func commandOf(raw string) Command {
+	switch raw {
+	case "command=allow":
+		return CommandAllow
+	case "command=report":
+		return CommandReport
+	}
+	q, _ := url.ParseQuery(raw)
+	return Command(q.Get("command"))
+}
+
+// bodies holds read buffers for request bodies: reading a body into a new
+// buffer was one or two allocations per request.
+var bodies = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+
+// maxPooledBody bounds the buffers kept in bodies.
+const maxPooledBody = 16 << 10
+
+func putBody(bp *[]byte) {
+	if cap(*bp) <= maxPooledBody {
+		*bp = (*bp)[:0]
+		bodies.Put(bp)
+	}
+}
+
+// readAll is io.ReadAll appending to b.
+func readAll(r io.Reader, b []byte) ([]byte, error) {
+	for {
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)]
+		}
+		n, err := r.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err == io.EOF {
+			return b, nil
+		}
+		if err != nil {
+			return b, err
+		}
+	}
 }
