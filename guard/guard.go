@@ -303,7 +303,9 @@ func (g *Guard) CheckLogin(ctx context.Context, a netip.Addr, user string) (Verd
 		q.Subjects = append(q.Subjects, sj.userSubj, sj.userNet)
 		q.Known = sj.userNet // what knownKey returns
 	}
-	var userCounts []bool
+	q.Counts = make([]store.Window, 0, len(g.jails))
+	var ucBuf [8]bool
+	userCounts := ucBuf[:0]
 	for i := range g.jails {
 		j := &g.jails[i]
 		if !slices.Contains(j.Events, EventAuthFailure) {
