@@ -393,7 +393,6 @@ func (s *Server) Close() error {
 		return nil
 	}
 	s.closed = true
-	s.cancel()
 	errs := s.stopListening()
 	var conns []*conn
 	for cn := range s.conns {
@@ -404,6 +403,9 @@ func (s *Server) Close() error {
 	for _, cn := range conns {
 		cn.c.Close()
 	}
+	// Only now: a guard call cancelled before its connection is closed
+	// would have its fail-mode answer written.
+	s.cancel()
 	s.wg.Wait()
 	s.calls.Wait() // no new calls: their connections are gone
 	return errors.Join(errs...)
