@@ -314,7 +314,19 @@ func build(c *config, name, mode string, opts map[string]string) (*Filter, error
 		if err != nil || !ok {
 			return "", err
 		}
-		return sub(opt, v)
+		if v, err = sub(opt, v); err != nil {
+			return "", err
+		}
+		// A mode the filter lacks leaves <mdre-MODE> unresolved; fail2ban
+		// would take it as literal text that never matches.
+		if m := vars["mode"]; m != "" {
+			for _, t := range tagRE.FindAllStringSubmatch(v, -1) {
+				if strings.HasSuffix(t[1], "-"+m) {
+					return "", fmt.Errorf("filter %s: %s: no mode %q (no option %s)", name, opt, m, t[1])
+				}
+			}
+		}
+		return v, nil
 	}
 	f := &Filter{Name: name}
 	if m, err := get("mode"); err == nil {

@@ -156,10 +156,15 @@ func TestBuildErrors(t *testing.T) {
 		{"bad regex", "[Definition]\nfailregex = ^(<HOST>\n", "failregex line 1: compiling"},
 		{"multi-line", "[Definition]\nfailregex = ^a <HOST>\n[Init]\nmaxlines = 2\n", "multi-line filters are not supported yet"},
 		{"mlfid", "[Definition]\nfailregex = ^<F-MLFID>\\d+</F-MLFID> <HOST>\n", "not supported yet"},
+		{"unknown mode", "[Definition]\nfailregex = <re-<mode>>\nre-a = ^a <ADDR>\nmode = a\n", "no mode \"nope\" (no option re-nope)"},
 		{"tag loop", "[Definition]\na = <b>\nb = <a>\nfailregex = <a>\n", "did not settle"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := loadMem(t, map[string]string{"/f/t.conf": tc.text}, "")
+			mode := ""
+			if tc.name == "unknown mode" {
+				mode = "nope"
+			}
+			_, err := loadMem(t, map[string]string{"/f/t.conf": tc.text}, mode)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("error = %v, want it to contain %q", err, tc.want)
 			}
