@@ -1,0 +1,189 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/mailguard/mailguard/internal/escape"
+	"github.com/mailguard/mailguard/logwatch/filter"
+)
+
+func testFilterCmd() *cobra.Command {
+	var (
+		mode         string
+		printMatches bool
+		missed       int
+	)
+	cmd := &cobra.Command{
+		Use:   "test-filter LOG|- FILTER [--mode M] [--print-matches]",
+		Short: "run a fail2ban-syntax filter over a log, like fail2ban-regex",
+		Long: `test-filter reads LOG (or standard input for -) line by line through FILTER,
+a shipped filter's name (` + strings.Join(filter.Shipped(), ", ") + `) or the path of a
+filter file in fail2ban's syntax (/etc/fail2ban/filter.d/x.conf loads as it is),
+and prints the hits of each regex, the engine each regex runs on (re2, or
+regexp2 for lookaround and backreferences), the first missed lines, the speed,
+and fail2ban-regex's summary line:
+  Lines: N lines, I ignored, M matched, X missed`,
+		Args: usageArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			f, err := filter.Open(args[1], mode, nil)
+			if err != nil {
+				return &exitError{exitUsage, err}
+			}
+			var in io.Reader = cmd.InOrStdin()
+			if args[0] != "-" {
+				fh, err := os.Open(args[0])
+				if err != nil {
+					return &exitError{exitUsage, err}
+				}
+				defer fh.Close()
+				in = fh
+			}
+			return runTestFilter(cmd.OutOrStdout(), in, args[0], f, printMatches, missed, time.Now)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&mode, "mode", "", "filter mode (default: the filter's own mode option)")
+	fl.BoolVar(&printMatches, "print-matches", false, "print every matched line with the address and user taken from it")
+	fl.IntVar(&missed, "missed", 20, "how many missed lines to print")
+	return cmd
+}
+
+// filterStats counts what test-filter reports.
+type filterStats struct {
+	lines, ignored, matched, missed int
+	noAddr, tooLong                 int
+	pref                            int
+	fail                            []int
+	missedLines                     []string
+}
+
+func runTestFilter(out io.Writer, in io.Reader, logName string, f *filter.Filter, printMatches bool, showMissed int, now func() time.Time) error {
+	w := bufio.NewWriter(out)
+	defer w.Flush()
+	st := filterStats{fail: make([]int, len(f.Fail))}
+	rd := bufio.NewReaderSize(in, 64<<10)
+	start := now()
+	if printMatches {
+		fmt.Fprintln(w, "Matched lines:")
+	}
+	for {
+		line, tooLong, err := readLine(rd, filter.MaxLineLength)
+		if err != nil && (err != io.EOF || line == "" && !tooLong) {
+			if err == io.EOF {
+				break
+			}
+			return fmt.Errorf("test-filter: reading %s: %w", logName, err)
+		}
+		st.lines++
+		if tooLong {
+			st.tooLong++
+			st.missed++
+			st.addMissed(showMissed, "(line longer than the limit, not matched)")
+			continue
+		}
+		r := f.Examine(line)
+		if f.Pref != nil && (r.Outcome != filter.Missed || r.Regex >= 0) {
+			st.pref++
+		}
+		switch r.Outcome {
+		case filter.Ignored:
+			st.ignored++
+		case filter.Matched:
+			st.matched++
+			st.fail[r.Regex]++
+			if !r.Host.IsValid() {
+				st.noAddr++
+			}
+			if printMatches {
+				host := r.Host.String()
+				if !r.Host.IsValid() {
+					host = "(no address: " + escape.String(r.HostName) + ")"
+				}
+				fmt.Fprintf(w, "  %s user=\"%s\" | %s\n", host, escape.String(r.User), escape.String(line))
+			}
+		default:
+			st.missed++
+			st.addMissed(showMissed, line)
+		}
+		if err == io.EOF {
+			break
+		}
+	}
+	took := now().Sub(start)
+
+	fmt.Fprintf(w, "\nFilter: %s", f.Name)
+	if f.Mode != "" {
+		fmt.Fprintf(w, ", mode %s", f.Mode)
+	}
+	fmt.Fprintf(w, "\nLog:    %s\n\n", escape.String(logName))
+	if f.Pref != nil {
+		fmt.Fprintf(w, "Prefregex: %d total [%s]\n|  %s\n`-\n\n", st.pref, f.Pref.Engine(), f.Pref.Source)
+	}
+	fmt.Fprintf(w, "Failregex: %d total\n|-  #) [# of hits] engine  regular expression\n", st.matched)
+	for i, re := range f.Fail {
+		fmt.Fprintf(w, "|  %2d) [%d] %-7s %s\n", i+1, st.fail[i], re.Engine(), re.Source)
+	}
+	fmt.Fprintf(w, "`-\n\nIgnoreregex: %d total\n", st.ignored)
+	for i, re := range f.Ignore {
+		fmt.Fprintf(w, "|  %2d) %-7s %s\n", i+1, re.Engine(), re.Source)
+	}
+	fmt.Fprintln(w)
+	if st.noAddr > 0 {
+		fmt.Fprintf(w, "%d matched line(s) named a host, not an address: mailguard never resolves names and counts them for nobody\n", st.noAddr)
+	}
+	if st.tooLong > 0 {
+		fmt.Fprintf(w, "%d line(s) longer than %d bytes were not matched (counted as missed)\n", st.tooLong, filter.MaxLineLength)
+	}
+	fmt.Fprintf(w, "Lines: %d lines, %d ignored, %d matched, %d missed\n", st.lines, st.ignored, st.matched, st.missed)
+	rate := "-"
+	if took > 0 {
+		rate = fmt.Sprintf("%.0f", float64(st.lines)/took.Seconds())
+	}
+	fmt.Fprintf(w, "[processed in %.2f sec, %s lines/s]\n", took.Seconds(), rate)
+	if len(st.missedLines) > 0 {
+		fmt.Fprintf(w, "\nMissed line(s) (first %d of %d):\n", len(st.missedLines), st.missed)
+		for _, l := range st.missedLines {
+			fmt.Fprintf(w, "  %s\n", escape.String(l))
+		}
+	}
+	return nil
+}
+
+func (st *filterStats) addMissed(limit int, line string) {
+	if len(st.missedLines) < limit {
+		st.missedLines = append(st.missedLines, line)
+	}
+}
+
+// readLine returns the next line without its newline (and a CR before it).
+// A line longer than max is consumed whole and reported tooLong, never cut
+// into pieces that would each be matched.
+func readLine(rd *bufio.Reader, max int) (line string, tooLong bool, err error) {
+	var b []byte
+	for {
+		frag, err := rd.ReadSlice('\n')
+		if !tooLong {
+			if len(b)+len(frag) > max+2 {
+				tooLong, b = true, nil
+			} else {
+				b = append(b, frag...)
+			}
+		}
+		if errors.Is(err, bufio.ErrBufferFull) {
+			continue
+		}
+		s := strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r")
+		if tooLong {
+			s = ""
+		}
+		return s, tooLong, err
+	}
+}
