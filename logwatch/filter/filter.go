@@ -305,6 +305,9 @@ func build(c *config, name, mode string, opts map[string]string) (*Filter, error
 			if out == s {
 				return s, nil
 			}
+			if len(out) > maxValueSize {
+				return "", fmt.Errorf("filter %s: %s: larger than %d bytes after <tag> substitution", name, opt, maxValueSize)
+			}
 			s = out
 		}
 		return "", fmt.Errorf("filter %s: %s: <tag> substitution did not settle after %d passes (a loop?)", name, opt, maxTagPasses)

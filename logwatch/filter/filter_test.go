@@ -157,6 +157,8 @@ func TestBuildErrors(t *testing.T) {
 		{"multi-line", "[Definition]\nfailregex = ^a <HOST>\n[Init]\nmaxlines = 2\n", "multi-line filters are not supported yet"},
 		{"mlfid", "[Definition]\nfailregex = ^<F-MLFID>\\d+</F-MLFID> <HOST>\n", "not supported yet"},
 		{"unknown mode", "[Definition]\nfailregex = <re-<mode>>\nre-a = ^a <ADDR>\nmode = a\n", "no mode \"nope\" (no option re-nope)"},
+		{"tag bomb", "[Definition]\na = <b><b><b><b><b><b><b><b>\nb = <c><c><c><c><c><c><c><c>\nc = <d><d><d><d><d><d><d><d>\nd = <e><e><e><e><e><e><e><e>\ne = <f><f><f><f><f><f><f><f>\nf = <g><g><g><g><g><g><g><g>\ng = <h><h><h><h><h><h><h><h>\nh = xxxxxxxxxxxxxxxx\nfailregex = <a>\n", "larger than 1048576 bytes after <tag> substitution"},
+		{"interpolation bomb", "[Definition]\na = %(b)s%(b)s%(b)s%(b)s%(b)s%(b)s%(b)s%(b)s\nb = %(c)s%(c)s%(c)s%(c)s%(c)s%(c)s%(c)s%(c)s\nc = %(d)s%(d)s%(d)s%(d)s%(d)s%(d)s%(d)s%(d)s\nd = %(e)s%(e)s%(e)s%(e)s%(e)s%(e)s%(e)s%(e)s\ne = %(f)s%(f)s%(f)s%(f)s%(f)s%(f)s%(f)s%(f)s\nf = %(g)s%(g)s%(g)s%(g)s%(g)s%(g)s%(g)s%(g)s\ng = %(h)s%(h)s%(h)s%(h)s%(h)s%(h)s%(h)s%(h)s\nh = xxxxxxxxxxxxxxxx\nfailregex = %(a)s\n", "larger than 1048576 bytes after interpolation"},
 		{"tag loop", "[Definition]\na = <b>\nb = <a>\nfailregex = <a>\n", "did not settle"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -15,6 +15,10 @@ const maxInterpolationDepth = 10
 // maxFileSize bounds what one filter file may hold.
 const maxFileSize = 1 << 20
 
+// maxValueSize bounds an option's value after %(name)s and <tag>
+// substitution: a few lines can otherwise grow it exponentially.
+const maxValueSize = 1 << 20
+
 // config is a set of INI files read as fail2ban reads them: Python
 // ConfigParser semantics plus fail2ban's [INCLUDES] and KNOWN/ sections.
 // Option names are lower-cased (ConfigParser's optionxform); section names
@@ -261,6 +265,9 @@ func (c *config) interpolate(sec, opt, rest string, vars map[string]string, dept
 			v, err = c.interpolate(vsec, name, v, vars, depth+1)
 			if err != nil {
 				return "", err
+			}
+			if b.Len()+len(v) > maxValueSize {
+				return "", fmt.Errorf("filter: [%s] %s: larger than %d bytes after interpolation", sec, opt, maxValueSize)
 			}
 			b.WriteString(v)
 		default:
