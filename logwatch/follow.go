@@ -21,7 +21,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"sync"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -95,10 +94,7 @@ type Follower struct {
 	// Now is the clock (for the backlog age); nil means time.Now.
 	Now func() time.Time
 
-	mu     sync.Mutex
-	health error
-	cancel context.CancelFunc
-	done   chan struct{}
+	runner
 }
 
 // follow is the state of one Start: owned by its goroutine.
@@ -133,7 +129,7 @@ type follow struct {
 // file, or is a symbolic link to nothing, and for an unusable StateDir. A
 // missing file is not an error: it is followed once created.
 func (f *Follower) Start(ctx context.Context, deliver func(Line)) error {
-	if f.done != nil {
+	if f.started() {
 		return errors.New("logwatch: follower already started")
 	}
 	if deliver == nil {
@@ -208,38 +204,8 @@ func (f *Follower) Start(ctx context.Context, deliver func(Line)) error {
 		}
 	}
 
-	ctx, cancel := context.WithCancel(ctx)
-	f.cancel = cancel
-	f.done = make(chan struct{})
-	go func() {
-		defer close(f.done)
-		w.run(ctx, watcher)
-	}()
+	f.start(ctx, func(ctx context.Context) { w.run(ctx, watcher) })
 	return nil
-}
-
-// Stop stops following, saves the position and waits for the goroutines.
-// It may be called more than once, and after the Start context ended.
-func (f *Follower) Stop() {
-	if f.done == nil {
-		return
-	}
-	f.cancel()
-	<-f.done
-}
-
-// Health is nil while the source is being read, or says why not (missing,
-// unreadable, read errors) for /healthz.
-func (f *Follower) Health() error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.health
-}
-
-func (f *Follower) setHealth(err error) {
-	f.mu.Lock()
-	f.health = err
-	f.mu.Unlock()
 }
 
 // checkSource is the start-time check: a missing file is fine, anything

@@ -17,7 +17,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 )
 
@@ -49,10 +48,7 @@ type Journal struct {
 	Logger *slog.Logger
 	Now    func() time.Time
 
-	mu     sync.Mutex
-	health error
-	cancel context.CancelFunc
-	done   chan struct{}
+	runner
 }
 
 // journalCursor is the state file of a journal source.
@@ -65,7 +61,7 @@ type journalCursor struct {
 // Start checks that journalctl can be run, then follows the journal in a
 // goroutine, calling deliver for every entry, in order.
 func (j *Journal) Start(ctx context.Context, deliver func(Line)) error {
-	if j.done != nil {
+	if j.started() {
 		return errors.New("logwatch: journal already started")
 	}
 	if deliver == nil {
@@ -114,36 +110,8 @@ func (j *Journal) Start(ctx context.Context, deliver func(Line)) error {
 			jr.cursor = c.Cursor
 		}
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	j.cancel = cancel
-	j.done = make(chan struct{})
-	go func() {
-		defer close(j.done)
-		jr.run(ctx)
-	}()
+	j.start(ctx, jr.run)
 	return nil
-}
-
-// Stop stops journalctl, saves the cursor and waits for the goroutine.
-func (j *Journal) Stop() {
-	if j.done == nil {
-		return
-	}
-	j.cancel()
-	<-j.done
-}
-
-// Health is nil while journalctl runs, or says why it does not.
-func (j *Journal) Health() error {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	return j.health
-}
-
-func (j *Journal) setHealth(err error) {
-	j.mu.Lock()
-	j.health = err
-	j.mu.Unlock()
 }
 
 func (j *Journal) stateFile() string {
