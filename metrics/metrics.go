@@ -5,13 +5,11 @@ package metrics
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/pprof"
-	"sync"
 	"time"
 
 	"github.com/mailguard/mailguard/internal/listen"
@@ -164,9 +162,7 @@ type Server struct {
 	ReadHeaderTimeout, IdleTimeout, WriteTimeout time.Duration
 	Log                                          *slog.Logger // nil: slog.Default()
 
-	mu     sync.Mutex
-	srv    *http.Server
-	closed bool
+	srv listen.HTTP
 }
 
 // Serve answers on l until Close, then returns nil. It closes l.
@@ -185,33 +181,16 @@ func (s *Server) Serve(l net.Listener) error {
 		IdleTimeout:       orDefault(s.IdleTimeout, DefaultIdleTimeout),
 		WriteTimeout:      orDefault(s.WriteTimeout, DefaultWriteTimeout),
 		MaxHeaderBytes:    16 << 10,
-		ConnState:         cl.ConnState,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		l.Close()
-		return nil
-	}
-	s.srv = srv
-	s.mu.Unlock()
-	if err := srv.Serve(cl); !errors.Is(err, http.ErrServerClosed) {
+	if err := s.srv.Serve(srv, cl); err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
 	return nil
 }
 
 // Close closes the listener and every connection; Serve returns.
-func (s *Server) Close() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.closed = true
-	if s.srv == nil {
-		return nil
-	}
-	return s.srv.Close()
-}
+func (s *Server) Close() error { return s.srv.Close() }
 
 func orDefault[T int | time.Duration](v, def T) T {
 	if v <= 0 {
