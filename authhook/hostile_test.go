@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/mailguard/mailguard/internal/listen"
+	"github.com/mailguard/mailguard/internal/logtest"
 )
 
 // rawPost sends one Dovecot-shaped request on c and returns the response.
@@ -330,47 +331,6 @@ func (g *slowGuard) Check(ctx context.Context, a netip.Addr, user string) (Check
 	return g.fakeGuard.Check(ctx, a, user)
 }
 
-// lineCounter counts log lines at info and above by message, and keeps their
-// "suppressed" values.
-type lineCounter struct {
-	mu         sync.Mutex
-	lines      map[string]int
-	suppressed map[string][]int64
-	all        strings.Builder
-}
-
-func newLineCounter() *lineCounter {
-	return &lineCounter{lines: map[string]int{}, suppressed: map[string][]int64{}}
-}
-
-func (l *lineCounter) Enabled(context.Context, slog.Level) bool { return true }
-func (l *lineCounter) WithAttrs([]slog.Attr) slog.Handler       { return l }
-func (l *lineCounter) WithGroup(string) slog.Handler            { return l }
-func (l *lineCounter) Handle(_ context.Context, r slog.Record) error {
-	if r.Level < slog.LevelInfo {
-		return nil
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.lines[r.Message]++
-	fmt.Fprintf(&l.all, "%s %s", r.Level, r.Message)
-	r.Attrs(func(a slog.Attr) bool {
-		fmt.Fprintf(&l.all, " %s=%v", a.Key, a.Value)
-		if a.Key == "suppressed" {
-			l.suppressed[r.Message] = append(l.suppressed[r.Message], a.Value.Int64())
-		}
-		return true
-	})
-	l.all.WriteByte('\n')
-	return nil
-}
-
-func (l *lineCounter) count(msg string) (int, []int64) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.lines[msg], l.suppressed[msg]
-}
-
 type testClock struct {
 	mu sync.Mutex
 	t  time.Time
@@ -383,11 +343,11 @@ func (c *testClock) Add(d time.Duration) { c.mu.Lock(); c.t = c.t.Add(d); c.mu.U
 // cause (refusals: per banned subject) per period, and the next line counts
 // those held back.
 func TestLogRateLimits(t *testing.T) {
-	lc := newLineCounter()
+	lc := logtest.New()
 	clk := &testClock{t: time.Unix(1_700_000_000, 0)}
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("log:\n%s", lc.all.String())
+			t.Logf("log:\n%s", lc.String())
 		}
 	})
 	newServer := func(g Guard) *Server {
@@ -402,7 +362,7 @@ func TestLogRateLimits(t *testing.T) {
 			t.Fatalf("without the key: %d", code)
 		}
 	}
-	if n, _ := lc.count("auth policy request without the right API header"); n != 1 {
+	if n, _ := lc.Count("auth policy request without the right API header"); n != 1 {
 		t.Errorf("1000 requests without the API header: %d lines, want 1", n)
 	}
 
@@ -414,7 +374,7 @@ func TestLogRateLimits(t *testing.T) {
 		post(s, "allow", reqBody(fmt.Sprintf("2001:db8:66:1::%x", i+1), "a", fmt.Sprint(i)), key...)
 	}
 	post(s, "allow", reqBody("192.0.2.66", "a", "x"), key...)
-	if n, _ := lc.count("refused"); n != 2 {
+	if n, _ := lc.Count("refused"); n != 2 {
 		t.Errorf("1001 refusals of 2 banned subjects: %d lines, want 2", n)
 	}
 
@@ -425,18 +385,18 @@ func TestLogRateLimits(t *testing.T) {
 		post(s, "report", reqBody("192.0.2.1", "a", fmt.Sprint(i), "success", true), key...)
 	}
 	for _, msg := range []string{"guard check failed, allowing (fail open)", "guard: recording a failure", "guard: recording a success"} {
-		if n, _ := lc.count(msg); n != 1 {
+		if n, _ := lc.Count(msg); n != 1 {
 			t.Errorf("100 store errors: %q %d times, want 1", msg, n)
 		}
 	}
 
 	clk.Add(time.Minute)
 	post(s, "allow", reqBody("192.0.2.1", "a", "late"), key...)
-	if n, sup := lc.count("guard check failed, allowing (fail open)"); n != 2 || sup[1] != 99 {
+	if n, sup := lc.Count("guard check failed, allowing (fail open)"); n != 2 || sup[1] != 99 {
 		t.Errorf("store error after the period: %d lines, suppressed %v; want 2, the second with 99", n, sup)
 	}
 	post(s401, "allow", reqBody("192.0.2.1", "a", "late"))
-	if n, sup := lc.count("auth policy request without the right API header"); n != 2 || sup[1] != 999 {
+	if n, sup := lc.Count("auth policy request without the right API header"); n != 2 || sup[1] != 999 {
 		t.Errorf("401 after the period: %d lines, suppressed %v; want 2, the second with 999", n, sup)
 	}
 }

@@ -1,7 +1,6 @@
 package policyd
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -13,6 +12,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/mailguard/mailguard/internal/logtest"
 )
 
 // TestIdleConnsCannotLockOutPostfix: 2×MaxConns connections that send
@@ -153,46 +154,6 @@ func TestShutdownDeadline(t *testing.T) {
 	}
 }
 
-// lineCounter counts log lines by message and keeps the "suppressed" values.
-type lineCounter struct {
-	mu         sync.Mutex
-	lines      map[string]int
-	suppressed map[string][]int64
-	buf        bytes.Buffer
-}
-
-func newLineCounter() *lineCounter {
-	return &lineCounter{lines: map[string]int{}, suppressed: map[string][]int64{}}
-}
-
-func (l *lineCounter) Enabled(context.Context, slog.Level) bool { return true }
-func (l *lineCounter) WithAttrs([]slog.Attr) slog.Handler       { return l }
-func (l *lineCounter) WithGroup(string) slog.Handler            { return l }
-func (l *lineCounter) Handle(_ context.Context, r slog.Record) error {
-	if r.Level < slog.LevelInfo {
-		return nil
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.lines[r.Message]++
-	fmt.Fprintf(&l.buf, "%s %s", r.Level, r.Message)
-	r.Attrs(func(a slog.Attr) bool {
-		fmt.Fprintf(&l.buf, " %s=%v", a.Key, a.Value)
-		if a.Key == "suppressed" {
-			l.suppressed[r.Message] = append(l.suppressed[r.Message], a.Value.Int64())
-		}
-		return true
-	})
-	l.buf.WriteByte('\n')
-	return nil
-}
-
-func (l *lineCounter) count(msg string) (int, []int64) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.lines[msg], l.suppressed[msg]
-}
-
 type testClock struct {
 	mu sync.Mutex
 	t  time.Time
@@ -205,7 +166,7 @@ func (c *testClock) Add(d time.Duration) { c.mu.Lock(); c.t = c.t.Add(d); c.mu.U
 // cause per period, refusals one per banned subject, with the count of lines
 // held back on the next one.
 func TestLogRateLimits(t *testing.T) {
-	lc := newLineCounter()
+	lc := logtest.New()
 	clk := &testClock{t: time.Unix(1_700_000_000, 0)}
 	g := newFake()
 	var down bool
@@ -222,7 +183,7 @@ func TestLogRateLimits(t *testing.T) {
 	addr := start(t, s, "tcp")
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("log:\n%s", lc.buf.String())
+			t.Logf("log:\n%s", lc.String())
 		}
 	})
 
@@ -237,7 +198,7 @@ func TestLogRateLimits(t *testing.T) {
 	}
 	// Another banned subject has its own line.
 	c.ask(policyReq("client_address", bannedAddr.String()))
-	if n, _ := lc.count("policyd: refuse"); n != 2 {
+	if n, _ := lc.Count("policyd: refuse"); n != 2 {
 		t.Errorf("refusal lines for 1001 refused requests of 2 banned subjects: %d, want 2", n)
 	}
 
@@ -266,7 +227,7 @@ func TestLogRateLimits(t *testing.T) {
 		"policyd: guard unavailable, failing closed",
 		"policyd: too many connections: closed the longest-idle one",
 	} {
-		if n, _ := lc.count(msg); n != 1 {
+		if n, _ := lc.Count(msg); n != 1 {
 			t.Errorf("%q logged %d times, want 1", msg, n)
 		}
 	}
@@ -278,17 +239,17 @@ func TestLogRateLimits(t *testing.T) {
 	mu.Unlock()
 	c = dial(t, "tcp", addr)
 	c.ask(policyReq("recipient_count", "after"))
-	if n, sup := lc.count("policyd: guard unavailable, failing closed"); n != 2 || sup[1] != 49 {
+	if n, sup := lc.Count("policyd: guard unavailable, failing closed"); n != 2 || sup[1] != 49 {
 		t.Errorf("guard errors after the period: %d lines, suppressed %v; want 2 lines, the second with 49", n, sup)
 	}
 	mu.Lock()
 	down = false
 	mu.Unlock()
 	c.ask(policyReq("client_address", "2001:db8:66:1::1"))
-	if n, sup := lc.count("policyd: refuse"); n != 3 || sup[2] != 999 {
+	if n, sup := lc.Count("policyd: refuse"); n != 3 || sup[2] != 999 {
 		t.Errorf("refusals after the period: %d lines, suppressed %v; want 3 lines, the third with 999", n, sup)
 	}
-	if strings.Contains(lc.buf.String(), "198.51.100") {
+	if strings.Contains(lc.String(), "198.51.100") {
 		t.Errorf("a request that was not refused was logged at info")
 	}
 }
