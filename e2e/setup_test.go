@@ -2,15 +2,8 @@ package e2e
 
 import (
 	"bufio"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -27,35 +20,6 @@ import (
 // copy in a temp dir, changed only where a private instance must differ
 // (directories, log, listen ports, a certificate made by the test, a
 // passwd-file user) and by `mailguard setup --write` itself.
-
-// selfSigned writes a throwaway certificate and key for mx.example.org.
-func selfSigned(t *testing.T, dir string) (cert, key string) {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "mx.example.org"},
-		DNSNames: []string{"mx.example.org"}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kb, err := x509.MarshalECPrivateKey(k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, key = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	if err := os.WriteFile(cert, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(key, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return cert, key
-}
 
 func run(t *testing.T, name string, args ...string) string {
 	t.Helper()
@@ -157,7 +121,7 @@ func newStockPostfix(t *testing.T) *stockPostfix {
 	if err := os.WriteFile(filepath.Join(p.Dir, "master.cf"), []byte(m), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cert, key := selfSigned(t, root)
+	cert, key := selfSignedCert(t, root)
 	for _, kv := range []string{
 		"queue_directory = " + root + "/queue", "data_directory = " + root + "/data",
 		"maillog_file = " + p.Log, "inet_interfaces = loopback-only", "inet_protocols = ipv4",
@@ -258,7 +222,7 @@ func newStockDovecot(t *testing.T) *stockDovecot {
 	edit(filepath.Join(dir, "conf.d", "10-auth.conf"), "\n!include auth-system.conf.ext", "\n#!include auth-system.conf.ext")
 	edit(filepath.Join(dir, "conf.d", "10-auth.conf"), "#!include auth-passwdfile.conf.ext", "!include auth-passwdfile.conf.ext")
 	edit(filepath.Join(dir, "conf.d", "auth-passwdfile.conf.ext"), "/etc/dovecot/users", users)
-	cert, key := selfSigned(t, root)
+	cert, key := selfSignedCert(t, root)
 	_, port, _ := net.SplitHostPort(d.IMAP)
 	local := fmt.Sprintf(`base_dir = %[1]s/run
 log_path = %[2]s
