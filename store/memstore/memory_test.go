@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mailguard/mailguard/internal/testenv"
 	"github.com/mailguard/mailguard/store"
 )
 
@@ -26,9 +27,7 @@ func liveHeap() uint64 {
 // only well above README's (~160 and ~200 bytes): a layout change that bloats
 // windows.
 func TestMemoryPerFailure(t *testing.T) {
-	if testing.Short() {
-		t.Skip("200,000 hits")
-	}
+	testenv.Long(t, "200,000 hits")
 	const n = 100_000
 	s, err := Open(Options{})
 	if err != nil {
