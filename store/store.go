@@ -17,6 +17,7 @@ package store
 import (
 	"context"
 	"errors"
+	"net/netip"
 	"time"
 )
 
@@ -40,6 +41,11 @@ type Query struct {
 	Known string
 	// Counts are failure windows to read (for tarpits and status).
 	Counts []Window
+	// TOTPUser, when not empty, is a login whose TOTP state is reported in
+	// Answer.TOTP: enrolled, and TOTPPrefix approved (stores implementing
+	// TOTPStore; others leave Answer.TOTP zero).
+	TOTPUser   string
+	TOTPPrefix netip.Prefix
 }
 
 // Window names one sliding failure window.
@@ -54,6 +60,7 @@ type Answer struct {
 	Bans   []Ban // active bans on any of Query.Subjects; empty if none
 	Known  bool  // Query.Known is a known device
 	Counts []int // failures inside each Query.Counts window, in order
+	TOTP   TOTPState
 }
 
 // Hit records one failure of Subject in Jail and, atomically, tests the

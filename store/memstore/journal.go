@@ -43,21 +43,23 @@ const (
 
 // record is one journal line.
 type record struct {
-	Op      string `json:"op"` // "ban", "unban", "known"
-	Jail    string `json:"jail,omitempty"`
-	Subject string `json:"subject,omitempty"`
-	Created int64  `json:"created,omitempty"` // unix nanoseconds
-	Expires int64  `json:"expires,omitempty"` // ban end or known device end
-	Nth     int    `json:"nth,omitempty"`
-	Reason  string `json:"reason,omitempty"`
-	Keep    int64  `json:"keep,omitempty"` // ban: its time counts towards escalation until then
-	Key     string `json:"key,omitempty"`  // known device
+	Op      string      `json:"op"` // "ban", "unban", "known"
+	Jail    string      `json:"jail,omitempty"`
+	Subject string      `json:"subject,omitempty"`
+	Created int64       `json:"created,omitempty"` // unix nanoseconds
+	Expires int64       `json:"expires,omitempty"` // ban end or known device end
+	Nth     int         `json:"nth,omitempty"`
+	Reason  string      `json:"reason,omitempty"`
+	Keep    int64       `json:"keep,omitempty"` // ban: its time counts towards escalation until then
+	Key     string      `json:"key,omitempty"`  // known device
+	TOTP    *totpRecord `json:"totp,omitempty"`
 }
 
 const (
 	opBan   = "ban"
 	opUnban = "unban"
 	opKnown = "known"
+	opTOTP  = "totp" // a change of the TOTP state (totp.go)
 )
 
 func banRecord(b store.Ban, keep int64) record {
@@ -85,6 +87,7 @@ type snapshot struct {
 	Bans    []record        `json:"bans"`
 	History []historyRecord `json:"history"`
 	Known   []record        `json:"known"`
+	TOTP    []totpRecord    `json:"totp,omitempty"`
 }
 
 // journal is the append-only file of the current generation.
@@ -216,6 +219,9 @@ func (s *Store) load() (uint64, error) {
 	for _, r := range snap.Known {
 		s.shard(r.Key).known[r.Key] = known{exp: r.Expires, saved: r.Expires}
 	}
+	for i := range snap.TOTP {
+		s.totp.apply(&snap.TOTP[i])
+	}
 
 	gens, err := journals(s.dir)
 	if err != nil {
@@ -291,6 +297,11 @@ func decodeSnapshot(data []byte, snap *snapshot) error {
 			return fmt.Errorf("ban record with op %q", r.Op)
 		}
 	}
+	for i := range snap.TOTP {
+		if err := snap.TOTP[i].check(); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -364,6 +375,11 @@ func (r record) check() error {
 		if r.Key == "" {
 			return errors.New("known record without key")
 		}
+	case opTOTP:
+		if r.TOTP == nil {
+			return errors.New("totp record without its change")
+		}
+		return r.TOTP.check()
 	default:
 		return fmt.Errorf("unknown op %q", r.Op)
 	}
@@ -382,6 +398,8 @@ func (s *Store) apply(r record) {
 		delete(s.shard(r.Subject).bans, r.Subject)
 	case opKnown:
 		s.shard(r.Key).known[r.Key] = known{exp: r.Expires, saved: r.Expires}
+	case opTOTP:
+		s.totp.apply(r.TOTP)
 	}
 }
 
@@ -450,6 +468,7 @@ func (s *Store) capture(gen uint64) snapshot {
 		}
 		sh.mu.RUnlock()
 	}
+	snap.TOTP = s.totp.capture(n)
 	return snap
 }
 

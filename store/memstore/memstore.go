@@ -60,6 +60,7 @@ type Store struct {
 	shards [shards]shard
 	hub    hub
 	totals sync.Map // jail → *totals
+	totp   totpState
 
 	// maxWindow is the longest recidive window Hit has been given, in
 	// nanoseconds: how long a manual ban's time is kept for escalation, with
@@ -180,6 +181,9 @@ func (s *Store) sweep() {
 	for i := range s.shards {
 		s.shards[i].sweep(n)
 	}
+	s.totp.mu.Lock()
+	s.totp.sweep(n)
+	s.totp.mu.Unlock()
 }
 
 func (s *Store) shard(key string) *shard {
@@ -228,6 +232,9 @@ func (s *Store) Check(_ context.Context, q store.Query) (store.Answer, error) {
 			}
 			sh.mu.RUnlock()
 		}
+	}
+	if q.TOTPUser != "" {
+		s.checkTOTP(q, n, &a)
 	}
 	return a, nil
 }

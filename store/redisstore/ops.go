@@ -20,13 +20,13 @@ func (s *Store) Check(ctx context.Context, q store.Query) (store.Answer, error) 
 		return store.Answer{}, store.ErrClosed
 	}
 	var ans store.Answer
-	if len(q.Subjects) == 0 && q.Known == "" && len(q.Counts) == 0 {
+	if len(q.Subjects) == 0 && q.Known == "" && len(q.Counts) == 0 && q.TOTPUser == "" {
 		return ans, nil
 	}
 	now := s.now()
 	nowUS := micros(now)
-	keys := make([]string, 0, len(q.Subjects)+1+len(q.Counts))
-	args := make([]any, 0, 3+2*len(q.Counts))
+	keys := make([]string, 0, len(q.Subjects)+3+len(q.Counts))
+	args := make([]any, 0, 4+2*len(q.Counts))
 	for _, sub := range q.Subjects {
 		keys = append(keys, s.k.ban(sub))
 	}
@@ -35,7 +35,11 @@ func (s *Store) Check(ctx context.Context, q store.Query) (store.Answer, error) 
 		keys = append(keys, s.k.known(q.Known))
 		known = "1"
 	}
-	args = append(args, nowUS, len(q.Subjects), known)
+	args = append(args, nowUS, len(q.Subjects), known, "")
+	if q.TOTPUser != "" {
+		keys = append(keys, s.k.enrol(q.TOTPUser), s.k.approvals(q.TOTPUser))
+		args[3] = q.TOTPPrefix.Masked().String()
+	}
 	for _, w := range q.Counts {
 		if w.Span <= 0 {
 			return ans, fmt.Errorf("redisstore: check: window %s %s: span must be positive", w.Jail, w.Subject)
@@ -65,6 +69,8 @@ func (s *Store) Check(ctx context.Context, q store.Query) (store.Answer, error) 
 		}
 	}
 	ans.Known = r.int() == 1
+	ans.TOTP.Enrolled = r.int() == 1
+	ans.TOTP.Approved = r.int() == 1
 	if len(q.Counts) > 0 {
 		ans.Counts = make([]int, len(q.Counts))
 		for i := range ans.Counts {

@@ -243,11 +243,14 @@ return rec .. '|' .. ARGV[7]
 // checkScript answers a store.Query.
 //
 //	KEYS: the ban hashes of the n subjects, then the known-device key if
-//	      any, then the window shards
-//	ARGV: 1 now_us  2 n  3 '1' if a known-device key is given  4.. span_us
-//	      and subject of each window
+//	      any, then the TOTP enrolment and approval keys if ARGV[4] is not
+//	      empty, then the window shards
+//	ARGV: 1 now_us  2 n  3 '1' if a known-device key is given  4 the TOTP
+//	      prefix to look up ('' = none)  5.. span_us and subject of each
+//	      window
 //
-// Reply: {nbans, (subject index, jail, record) × nbans, known, counts...}.
+// Reply: {nbans, (subject index, jail, record) × nbans, known, enrolled,
+// approved, counts...}.
 var checkScript = redis.NewScript(luaLib + `
 local now, n = tonumber(ARGV[1]), tonumber(ARGV[2])
 local out, nb = {0}, 0
@@ -267,7 +270,18 @@ if ARGV[3] == '1' then
   k = k + 1
 end
 out[#out + 1] = known
-for w = 4, #ARGV, 2 do
+local enrolled, approved = 0, 0
+if ARGV[4] ~= '' then
+  if redis.call('EXISTS', KEYS[k]) == 1 then
+    enrolled = 1
+    local v = redis.call('HGET', KEYS[k + 1], ARGV[4])
+    if v and tonumber(string.match(v, '^%d+')) > now then approved = 1 end
+  end
+  k = k + 2
+end
+out[#out + 1] = enrolled
+out[#out + 1] = approved
+for w = 5, #ARGV, 2 do
   out[#out + 1] = wlive(redis.call('HGET', KEYS[k], ARGV[w + 1]), now - tonumber(ARGV[w]))
   k = k + 1
 end

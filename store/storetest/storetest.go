@@ -44,6 +44,7 @@ func Run(t *testing.T, newStore func(t *testing.T, now func() time.Time) store.S
 		{"Watch", watchCases},
 		{"Concurrency", concurrencyCases},
 		{"Closed", closedCases},
+		{"TOTP", totpCases},
 	}
 	for _, g := range groups {
 		t.Run(g.name, func(t *testing.T) {
