@@ -145,3 +145,8 @@ func (g *Guard) ParseTarget(s string) (subject string, prefix netip.Prefix, err 
 	}
 	return userSubject(s), netip.Prefix{}, nil
 }
+
+// NormUser is the form of a login every store record is kept under
+// (lower-cased, trimmed, long logins digested): packages that keep records
+// per user (totp) use it so that guard and they name a user alike.
+func NormUser(u string) string { return normUser(u) }
