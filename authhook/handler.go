@@ -34,7 +34,9 @@ var replyOK = []byte(`{"status":0,"msg":""}` + "\n")
 //     (RejectUserMsg when the refusal is about the user's account); in the
 //     before-auth allow, {"status":N} to delay N seconds per Tarpit (aware
 //     of the protocol); else {"status":0}. The after-auth allow (the second allow of a
-//     login attempt, see sessions) never delays but does refuse.
+//     login attempt, see sessions) never delays but does refuse; a Guard
+//     that is an AfterAuthGuard is asked CheckAfterAuth there, and its
+//     SecondFactor answers {"status":-1,"msg":SecondFactorMsg}.
 //   - report: success counts a success; a failure counts as one unless we
 //     refused it (policy_reject) or Dovecot 2.4's fail_type says it was no
 //     guess (see Request.Counts); the answer is {"status":0,"msg":""}.
@@ -130,6 +132,9 @@ func (s *Server) allow(ctx context.Context, req *Request, a netip.Addr, proto st
 		stage = "after-auth"
 	}
 	v, err := call(ctx, s, func(ctx context.Context) (CheckResult, error) {
+		if ag, ok := s.Guard.(AfterAuthGuard); ok && after {
+			return ag.CheckAfterAuth(ctx, a, req.Login, proto)
+		}
 		return s.Guard.Check(ctx, a, req.Login)
 	})
 	if err != nil && s.clientGone(ctx, stage, a, err) {
@@ -160,6 +165,12 @@ func (s *Server) allow(ctx context.Context, req *Request, a netip.Addr, proto st
 			return Reply{Status: -1, Msg: s.rejectUserMsg}, VerdictRefuse
 		}
 		return Reply{Status: -1, Msg: s.rejectMsg}, VerdictRefuse
+	}
+	if v.SecondFactor && after {
+		if s.debug() {
+			s.log.Debug("second factor required", "stage", stage, "request", *req)
+		}
+		return Reply{Status: -1, Msg: s.secondFactorMsg}, VerdictSecondFactor
 	}
 	if !after {
 		if n := s.Tarpit.status(v.Failures, v.UserFailures, proto); n > 0 {

@@ -50,6 +50,14 @@ type Guard interface {
 	Succeed(ctx context.Context, a netip.Addr, user string) error
 }
 
+// AfterAuthGuard is a Guard with a check of its own for the after-auth allow
+// (Dovecot's second allow: the password was right), found by type
+// assertion: the TOTP second factor (guard.CheckAfterAuth). A Guard without
+// it is asked Check in both allows.
+type AfterAuthGuard interface {
+	CheckAfterAuth(ctx context.Context, a netip.Addr, user, protocol string) (CheckResult, error)
+}
+
 // CheckResult is what Guard.Check finds.
 type CheckResult struct {
 	// Refused refuses the login (status -1).
@@ -64,6 +72,10 @@ type CheckResult struct {
 	// user+prefix); UserFailures those against its user from anywhere else.
 	// Both feed the Tarpit.
 	Failures, UserFailures int
+	// SecondFactor (after-auth only) refuses a right password: the user has
+	// enrolled TOTP and this device is not approved; answered with
+	// SecondFactorMsg.
+	SecondFactor bool
 }
 
 // Metrics receives what Server counts. It has the shape of policyd.Metrics,
@@ -82,16 +94,19 @@ type Metrics interface {
 
 // Verdicts passed to Metrics.Request.
 const (
-	VerdictAllow      = "allow"       // allow: status 0
-	VerdictTarpit     = "tarpit"      // allow: status > 0
-	VerdictRefuse     = "refuse"      // allow: status -1, refused by the guard
-	VerdictFailOpen   = "fail-open"   // allow: guard error or timeout, status 0
-	VerdictFailClosed = "fail-closed" // allow: guard error or timeout, status -1
-	VerdictFailure    = "failure"     // report: a failed login, counted
-	VerdictSuccess    = "success"     // report: a successful login
-	VerdictIgnored    = "ignored"     // report: refused by us, or not a guessing failure
-	VerdictError      = "error"       // report: guard error or timeout, not counted
-	VerdictGone       = "gone"        // Dovecot hung up before the guard answered
+	VerdictAllow  = "allow"  // allow: status 0
+	VerdictTarpit = "tarpit" // allow: status > 0
+	VerdictRefuse = "refuse" // allow: status -1, refused by the guard
+	// VerdictSecondFactor: after-auth allow, status -1, a TOTP user's
+	// device is not approved.
+	VerdictSecondFactor = "second-factor"
+	VerdictFailOpen     = "fail-open"   // allow: guard error or timeout, status 0
+	VerdictFailClosed   = "fail-closed" // allow: guard error or timeout, status -1
+	VerdictFailure      = "failure"     // report: a failed login, counted
+	VerdictSuccess      = "success"     // report: a successful login
+	VerdictIgnored      = "ignored"     // report: refused by us, or not a guessing failure
+	VerdictError        = "error"       // report: guard error or timeout, not counted
+	VerdictGone         = "gone"        // Dovecot hung up before the guard answered
 )
 
 // Reasons passed to Metrics.BadRequest.
@@ -116,17 +131,20 @@ const (
 // 1000 leaves room for several Dovecot servers or proxies on one mailguard.
 // DefaultReadTimeout: Dovecot sends a request at once and gives up after 2s.
 const (
-	DefaultRejectMsg     = "Too many failed logins from your network. Try again later or contact your mail administrator."
-	DefaultRejectUserMsg = "Too many failed logins to this account. Try again later from a device you used before, or contact your mail administrator."
-	DefaultTempFailMsg   = "Temporary authentication failure, try again later"
-	DefaultTimeout       = 500 * time.Millisecond // Dovecot waits 2s (auth_policy_server_timeout_msecs); = policyd.DefaultTimeout (store.timeout)
-	DefaultMaxBody       = 16 << 10
-	DefaultMaxConns      = 1000
-	DefaultMaxConcurrent = 64
-	DefaultReadTimeout   = 5 * time.Second
-	DefaultIdleTimeout   = 2 * time.Minute
-	DefaultSessionTTL    = 2 * time.Minute
-	DefaultMaxSessions   = 100_000
+	DefaultRejectMsg = "Too many failed logins from your network. Try again later or contact your mail administrator."
+	// DefaultSecondFactorMsg is SecondFactorMsg's default; the daemon
+	// always sets it from totp.reject_msg, which names the page.
+	DefaultSecondFactorMsg = "This device is not approved for this account: approve it with your one-time code on the approval page."
+	DefaultRejectUserMsg   = "Too many failed logins to this account. Try again later from a device you used before, or contact your mail administrator."
+	DefaultTempFailMsg     = "Temporary authentication failure, try again later"
+	DefaultTimeout         = 500 * time.Millisecond // Dovecot waits 2s (auth_policy_server_timeout_msecs); = policyd.DefaultTimeout (store.timeout)
+	DefaultMaxBody         = 16 << 10
+	DefaultMaxConns        = 1000
+	DefaultMaxConcurrent   = 64
+	DefaultReadTimeout     = 5 * time.Second
+	DefaultIdleTimeout     = 2 * time.Minute
+	DefaultSessionTTL      = 2 * time.Minute
+	DefaultMaxSessions     = 100_000
 )
 
 // Server answers Dovecot's auth policy requests. It is an http.Handler (for
@@ -158,6 +176,10 @@ type Server struct {
 	// account (CheckResult.ByUser): a ban keyed by user refuses it from
 	// every network but the user's known devices. Zero: DefaultRejectUserMsg.
 	RejectUserMsg string
+	// SecondFactorMsg refuses, after a right password, a user who has
+	// enrolled TOTP from a device not approved yet (CheckResult.SecondFactor):
+	// it should name the approval page. Zero: DefaultSecondFactorMsg.
+	SecondFactorMsg string
 	// TempFailMsg refuses logins when the guard fails and FailOpen is false.
 	// Zero: DefaultTempFailMsg.
 	TempFailMsg string
@@ -195,6 +217,7 @@ type Server struct {
 	once sync.Once
 	// Resolved from the fields by init.
 	rejectMsg, rejectUserMsg, tempFailMsg string
+	secondFactorMsg                       string
 	timeout                               time.Duration
 	maxBody                               int64
 	maxConns                              int
@@ -240,6 +263,7 @@ func (s *Server) init() {
 		// The messages go into a Dovecot protocol line.
 		s.rejectMsg = oneLine(or(s.RejectMsg, DefaultRejectMsg))
 		s.rejectUserMsg = oneLine(or(s.RejectUserMsg, DefaultRejectUserMsg))
+		s.secondFactorMsg = oneLine(or(s.SecondFactorMsg, DefaultSecondFactorMsg))
 		s.tempFailMsg = oneLine(or(s.TempFailMsg, DefaultTempFailMsg))
 		s.timeout = orDefault(s.Timeout, DefaultTimeout)
 		s.maxBody = orDefault(s.MaxBody, DefaultMaxBody)

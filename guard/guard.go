@@ -90,6 +90,7 @@ type Config struct {
 	Log            *slog.Logger     // nil: slog.Default()
 	Metrics        Metrics          // nil: none
 	Now            func() time.Time // nil: time.Now; must be the store's clock
+	SecondFactor   SecondFactor     // zero: no TOTP enforcement, no totp jail
 }
 
 // Metrics receives what guard counts. Implementations must be safe for
@@ -114,6 +115,10 @@ type Guard struct {
 
 	rateLogged dedup.Limiter // "rate limit" info lines, one per key per findtime
 
+	tf      SecondFactor
+	ts      store.TOTPStore // st, when tf is set
+	totpLog dedup.Limiter   // "second factor required" info lines
+
 	protoMu sync.Mutex
 	byProto map[string]map[string]int64 // jail → protocol → failures counted by this node
 }
@@ -135,6 +140,11 @@ func New(st store.Store, c Config) (*Guard, error) {
 		g.log = slog.Default()
 	}
 	g.jails = slices.Clone(c.Jails)
+	if c.SecondFactor.Prefix != nil {
+		if err := g.initSecondFactor(c.SecondFactor); err != nil {
+			return nil, err
+		}
+	}
 	for i := range g.jails {
 		j := &g.jails[i]
 		if !j.Key.Valid() {
@@ -267,6 +277,10 @@ type Verdict struct {
 	// against the login (failures from anywhere); zero from the user's known
 	// devices.
 	UserFailures int
+	// SecondFactor (CheckAfterAuth only): the user has enrolled a TOTP
+	// second factor and the client's trust prefix is not approved: the
+	// login must be refused although the password was right.
+	SecondFactor bool
 }
 
 // Check tells whether a client (and, if not empty, the user it logs in as) is
@@ -288,10 +302,19 @@ func (g *Guard) Check(ctx context.Context, a netip.Addr, user string) (banned st
 // A ban keyed by user refuses that user only from prefixes that are not its
 // known devices: an attacker cannot lock a user out of their own phone.
 func (g *Guard) CheckLogin(ctx context.Context, a netip.Addr, user string) (Verdict, error) {
+	v, _, err := g.checkLogin(ctx, Canon(a), user, false)
+	return v, err
+}
+
+// checkLogin is CheckLogin of a canonical address; with second (and a
+// SecondFactor configured) the same round trip asks for the user's TOTP
+// state, and an enrolled user from an unapproved trust prefix (returned)
+// gets Verdict.SecondFactor.
+func (g *Guard) checkLogin(ctx context.Context, a netip.Addr, user string, second bool) (Verdict, netip.Prefix, error) {
 	var v Verdict
-	a = Canon(a)
+	var trust netip.Prefix
 	if !a.IsValid() || g.Ignored(a) {
-		return v, nil
+		return v, trust, nil
 	}
 	sj := g.subjectsOf(a, user)
 	q := store.Query{Subjects: make([]string, 0, 4)}
@@ -302,6 +325,10 @@ func (g *Guard) CheckLogin(ctx context.Context, a netip.Addr, user string) (Verd
 	if sj.user != "" {
 		q.Subjects = append(q.Subjects, sj.userSubj, sj.userNet)
 		q.Known = sj.userNet // what knownKey returns
+		if second && g.tf.Prefix != nil {
+			trust = g.tf.Prefix(a)
+			q.TOTPUser, q.TOTPPrefix = sj.user, trust
+		}
 	}
 	q.Counts = make([]store.Window, 0, len(g.jails))
 	var ucBuf [8]bool
@@ -318,7 +345,7 @@ func (g *Guard) CheckLogin(ctx context.Context, a netip.Addr, user string) (Verd
 	}
 	ans, err := g.st.Check(ctx, q)
 	if err != nil {
-		return Verdict{}, fmt.Errorf("guard: check: %w", err)
+		return Verdict{}, trust, fmt.Errorf("guard: check: %w", err)
 	}
 	v.ByUser = true
 	for _, b := range ans.Bans {
@@ -333,9 +360,10 @@ func (g *Guard) CheckLogin(ctx context.Context, a netip.Addr, user string) (Verd
 		v.ByUser = v.ByUser && byUser
 	}
 	if v.Refused {
-		return Verdict{Refused: true, Banned: v.Banned, ByUser: v.ByUser}, nil
+		return Verdict{Refused: true, Banned: v.Banned, ByUser: v.ByUser}, trust, nil
 	}
 	v.ByUser = false
+	v.SecondFactor = ans.TOTP.Enrolled && !ans.TOTP.Approved
 	for i, n := range ans.Counts {
 		switch {
 		case !userCounts[i]:
@@ -344,7 +372,7 @@ func (g *Guard) CheckLogin(ctx context.Context, a netip.Addr, user string) (Verd
 			v.UserFailures = max(v.UserFailures, n)
 		}
 	}
-	return v, nil
+	return v, trust, nil
 }
 
 // Fail records a failed login. pwhash, if not empty, tells distinct
