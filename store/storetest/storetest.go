@@ -45,6 +45,7 @@ func Run(t *testing.T, newStore func(t *testing.T, now func() time.Time) store.S
 		{"Concurrency", concurrencyCases},
 		{"Closed", closedCases},
 		{"TOTP", totpCases},
+		{"Sharing", sharingCases},
 	}
 	for _, g := range groups {
 		t.Run(g.name, func(t *testing.T) {
