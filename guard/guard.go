@@ -71,10 +71,17 @@ type Jail struct {
 	Action            Action
 	Ports             []uint16 // firewall scope
 	DistinctPasswords bool     // count one failure per distinct password hash
+	// Apps, if not empty, restricts the jail to events reported by these web
+	// apps through the API (see Report); events of Dovecot and Postfix,
+	// which name no app, then do not count. Empty: events of every source.
+	Apps []string
 }
 
-func (j *Jail) counts(event, protocol string) bool {
+func (j *Jail) counts(event, protocol, app string) bool {
 	if !slices.Contains(j.Events, event) {
+		return false
+	}
+	if len(j.Apps) > 0 && !slices.Contains(j.Apps, app) {
 		return false
 	}
 	return len(j.Protocols) == 0 || slices.Contains(j.Protocols, strings.ToLower(protocol))
@@ -87,6 +94,9 @@ type Config struct {
 	Prefixes       Prefixes
 	Recidive       store.Recidive
 	KnownDeviceTTL time.Duration    // zero: DefaultKnownDeviceTTL
+	// Shared is the shared-address rule (shared.go); zero MinUsers: off.
+	// It needs a store with store.Sharing (both backends have it).
+	Shared SharedRule
 	Log            *slog.Logger     // nil: slog.Default()
 	Metrics        Metrics          // nil: none
 	Now            func() time.Time // nil: time.Now; must be the store's clock
@@ -119,6 +129,10 @@ type Guard struct {
 	ts      store.TOTPStore // st, when tf is set
 	totpLog dedup.Limiter   // "second factor required" info lines
 
+	shared       SharedRule
+	sharing      store.Sharing // nil: the shared-address rule is off
+	sharedLogged dedup.Limiter // "shared address" info lines, one per subject per window
+
 	protoMu sync.Mutex
 	byProto map[string]map[string]int64 // jail → protocol → failures counted by this node
 }
@@ -138,6 +152,9 @@ func New(st store.Store, c Config) (*Guard, error) {
 	}
 	if g.log == nil {
 		g.log = slog.Default()
+	}
+	if err := g.setShared(c.Shared); err != nil {
+		return nil, err
 	}
 	g.jails = slices.Clone(c.Jails)
 	if c.SecondFactor.Prefix != nil {
@@ -378,15 +395,18 @@ func (g *Guard) checkLogin(ctx context.Context, a netip.Addr, user string, secon
 // Fail records a failed login. pwhash, if not empty, tells distinct
 // passwords apart for jails with DistinctPasswords. It returns the bans made.
 func (g *Guard) Fail(ctx context.Context, a netip.Addr, user, protocol, pwhash string) ([]store.Ban, error) {
-	return g.event(ctx, EventAuthFailure, a, user, protocol, pwhash)
+	return g.event(ctx, EventAuthFailure, a, user, protocol, pwhash, "", nil)
 }
 
 // Abuse records SMTP abuse by a client.
 func (g *Guard) Abuse(ctx context.Context, a netip.Addr, reason string) ([]store.Ban, error) {
-	return g.event(ctx, EventAbuse, a, "", "smtp", reason)
+	return g.event(ctx, EventAbuse, a, "", "smtp", reason, "", nil)
 }
 
-func (g *Guard) event(ctx context.Context, kind string, a netip.Addr, user, protocol, member string) ([]store.Ban, error) {
+// event counts one event in every jail that counts it; app names the web
+// app that reported it ("" for Dovecot and Postfix). The names of the jails
+// that counted it are appended to *counted when counted is not nil.
+func (g *Guard) event(ctx context.Context, kind string, a netip.Addr, user, protocol, member, app string, counted *[]string) ([]store.Ban, error) {
 	a = Canon(a)
 	if !a.IsValid() {
 		return nil, errors.New("guard: invalid client address")
@@ -396,9 +416,10 @@ func (g *Guard) event(ctx context.Context, kind string, a netip.Addr, user, prot
 	}
 	var bans []store.Ban
 	var errs []error
+	sh := sharedUnknown
 	for i := range g.jails {
 		j := &g.jails[i]
-		if !j.counts(kind, protocol) || j.BanTime <= 0 {
+		if !j.counts(kind, protocol, app) || j.BanTime <= 0 {
 			continue
 		}
 		s, ok := g.subject(j, a, user)
@@ -406,6 +427,14 @@ func (g *Guard) event(ctx context.Context, kind string, a netip.Addr, user, prot
 			continue
 		}
 		h := g.hit(j, s, kind+" "+strings.ToLower(protocol))
+		if j.Key.ByAddress() && g.sharing != nil {
+			if sh == sharedUnknown {
+				sh = g.sharedState(ctx, a)
+			}
+			if sh == sharedYes {
+				h.BanTime = 0 // counted, never banned: see SharedRule
+			}
+		}
 		if j.DistinctPasswords && member != "" {
 			h.Member = g.prefixes.of(a).String() + "|" + normUser(user) + "|" + member
 		}
@@ -415,6 +444,12 @@ func (g *Guard) event(ctx context.Context, kind string, a netip.Addr, user, prot
 			continue
 		}
 		g.counted(j.Name, protocol)
+		if counted != nil {
+			*counted = append(*counted, j.Name)
+		}
+		if h.BanTime == 0 && r.Count >= j.MaxRetry {
+			g.spared(j, s, r.Count)
+		}
 		g.log.Debug("failure", "jail", j.Name, "key", s, "count", r.Count, "protocol", protocol)
 		if r.Ban != nil {
 			bans = append(bans, *r.Ban)
@@ -477,6 +512,9 @@ func (g *Guard) Succeed(ctx context.Context, a netip.Addr, user string) error {
 	if err := g.st.Remember(ctx, key, g.knownTTL); err != nil {
 		return fmt.Errorf("guard: remember device: %w", err)
 	}
+	if err := g.share(ctx, a, user); err != nil {
+		return err
+	}
 	for i := range g.jails {
 		j := &g.jails[i]
 		if j.Key == KeyUserPrefix {
@@ -499,7 +537,7 @@ func (g *Guard) Recipient(ctx context.Context, a netip.Addr, user string) (over 
 	}
 	for i := range g.jails {
 		j := &g.jails[i]
-		if !j.counts(EventRecipient, "smtp") {
+		if !j.counts(EventRecipient, "smtp", "") {
 			continue
 		}
 		s, ok := g.subject(j, a, user)
