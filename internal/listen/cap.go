@@ -82,6 +82,9 @@ func (l *Capped) admit(c net.Conn) (victim net.Conn, ok bool) {
 
 // ConnState tracks the connections; give it to http.Server.ConnState.
 func (l *Capped) ConnState(c net.Conn, st http.ConnState) {
+	if u, ok := c.(interface{ NetConn() net.Conn }); ok {
+		c = u.NetConn() // a *tls.Conn: the cap tracks the connection under it
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	s, ok := l.conns[c]

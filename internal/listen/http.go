@@ -16,8 +16,9 @@ type HTTP struct {
 }
 
 // Serve serves srv on l until Close, then returns nil; it sets
-// srv.ConnState to l's, which the cap needs. If Close came first, it closes
-// l and returns nil at once.
+// srv.ConnState to l's, which the cap needs. With srv.TLSConfig set it
+// serves TLS with that configuration's certificates. If Close came first, it
+// closes l and returns nil at once.
 func (h *HTTP) Serve(srv *http.Server, l *Capped) error {
 	srv.ConnState = l.ConnState
 	h.mu.Lock()
@@ -28,7 +29,13 @@ func (h *HTTP) Serve(srv *http.Server, l *Capped) error {
 	}
 	h.srv = srv
 	h.mu.Unlock()
-	if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+	var err error
+	if srv.TLSConfig != nil {
+		err = srv.ServeTLS(l, "", "")
+	} else {
+		err = srv.Serve(l)
+	}
+	if !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
 	return nil
