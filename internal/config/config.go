@@ -40,6 +40,29 @@ type Config struct {
 	Recidive       Recidive        `mapstructure:"recidive" yaml:"recidive"`
 	Log            Log             `mapstructure:"log" yaml:"log"`
 	Jails          map[string]Jail `mapstructure:"jails" yaml:"jails"`
+	API            API             `mapstructure:"api" yaml:"api"`
+	Safety         Safety          `mapstructure:"safety" yaml:"safety"`
+}
+
+// API is the HTTP API for web apps and nginx auth_request (package api).
+// It is served only when TokensFile is set.
+type API struct {
+	Listen     string `mapstructure:"listen" yaml:"listen"`
+	TokensFile string `mapstructure:"tokens_file" yaml:"tokens_file"`
+	TLSCert    string `mapstructure:"tls_cert" yaml:"tls_cert"`
+	TLSKey     string `mapstructure:"tls_key" yaml:"tls_key"`
+	MaxConns   int    `mapstructure:"max_conns" yaml:"max_conns"`
+}
+
+// Safety holds the rules that keep mailguard from locking out many users.
+type Safety struct {
+	SharedAddress SharedAddress `mapstructure:"shared_address" yaml:"shared_address"`
+}
+
+// SharedAddress is guard.SharedRule: MinUsers 0 turns it off.
+type SharedAddress struct {
+	MinUsers int      `mapstructure:"min_users" yaml:"min_users"`
+	Window   Duration `mapstructure:"window" yaml:"window"`
 }
 
 type Prefix struct {
@@ -136,6 +159,7 @@ type Jail struct {
 	Action            string   `mapstructure:"action" yaml:"action"`
 	Ports             []string `mapstructure:"ports" yaml:"ports"`
 	DistinctPasswords bool     `mapstructure:"distinct_passwords" yaml:"distinct_passwords"`
+	Apps              []string `mapstructure:"apps" yaml:"apps"`
 }
 
 // Duration is a time.Duration that decodes from Go syntax ("10m", "168h") or

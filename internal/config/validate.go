@@ -194,6 +194,18 @@ func (c *Config) validate() Errors {
 		bad("log.format", "must be text or json, not %q", c.Log.Format)
 	}
 
+	if c.API.TokensFile != "" && strings.TrimSpace(c.API.Listen) == "" {
+		bad("api.listen", "must not be empty when api.tokens_file is set (host:port or unix:/path)")
+	}
+	if (c.API.TLSCert == "") != (c.API.TLSKey == "") {
+		bad("api.tls_cert", "set api.tls_cert and api.tls_key together (or neither, for plain HTTP)")
+	}
+	atLeast1("api.max_conns", c.API.MaxConns, " (0 or less would refuse every API connection)")
+	if n := c.Safety.SharedAddress.MinUsers; n < 0 || n == 1 {
+		bad("safety.shared_address.min_users", "must be 0 (off) or at least 2, not %d (1 would spare every address anyone logged in from)", n)
+	}
+	positive("safety.shared_address.window", c.Safety.SharedAddress.Window)
+
 	events := guard.Events()
 	for _, n := range slices.Sorted(maps.Keys(c.Jails)) {
 		j := c.Jails[n]
@@ -235,6 +247,11 @@ func (c *Config) validate() Errors {
 		for _, p := range j.Ports {
 			if _, err := ParsePort(p); err != nil {
 				bad(k+".ports", "%v", err)
+			}
+		}
+		for _, a := range j.Apps {
+			if !guard.ValidApp(a) {
+				bad(k+".apps", "%q is not an app name: 1 to 64 of a-z, 0-9, '.', '_', '-'", a)
 			}
 		}
 	}
