@@ -141,6 +141,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /status", s.status)
 	mux.HandleFunc("POST /ban", s.ban)
 	mux.HandleFunc("POST /unban", s.unban)
+	mux.HandleFunc("GET /shared", s.shared)
 	return mux
 }
 

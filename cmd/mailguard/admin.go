@@ -43,6 +43,12 @@ func statusCmd(g *globals) *cobra.Command {
 				return e.Encode(sts)
 			}
 			admin.PrintStatus(cmd.OutOrStdout(), sts, time.Now())
+			if jail == "" {
+				// A daemon older than the shared-address rule has no /shared.
+				if sh, err := c.Shared(cmd.Context()); err == nil {
+					admin.PrintShared(cmd.OutOrStdout(), sh)
+				}
+			}
 			return nil
 		},
 	}

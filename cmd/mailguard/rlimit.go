@@ -21,6 +21,9 @@ func fdNeed(c config.Config) uint64 {
 	if c.Metrics.Listen != "" {
 		n += metrics.DefaultMaxConns
 	}
+	if c.API.TokensFile != "" {
+		n += c.API.MaxConns
+	}
 	if c.Store.Backend == "redis" {
 		n += max(c.Store.Redis.PoolSize, 0)
 	}

@@ -67,7 +67,7 @@ func jails(c config.Config) []guard.Jail {
 		gj := guard.Jail{
 			Name: name, Events: j.Events, Protocols: j.Protocols, Key: guard.Key(j.Key),
 			MaxRetry: j.MaxRetry, FindTime: j.FindTime.D(), BanTime: j.BanTime.D(),
-			Action: guard.Action(j.Action), DistinctPasswords: j.DistinctPasswords,
+			Action: guard.Action(j.Action), DistinctPasswords: j.DistinctPasswords, Apps: j.Apps,
 		}
 		for _, p := range j.Ports {
 			n, _ := config.ParsePort(p) // validated
@@ -133,6 +133,7 @@ func serve(ctx context.Context, c config.Config, log *slog.Logger) error {
 		Jails: jails(c), Ignore: ignore, Prefixes: guard.Prefixes{IPv4: c.Prefix.IPv4, IPv6: c.Prefix.IPv6},
 		Recidive:       store.Recidive{Window: c.Recidive.Window.D(), Factor: c.Recidive.Factor, MaxTime: c.Recidive.MaxTime.D()},
 		KnownDeviceTTL: c.KnownDeviceTTL.D(), Log: log, Metrics: reg,
+		Shared: guard.SharedRule{MinUsers: c.Safety.SharedAddress.MinUsers, Window: c.Safety.SharedAddress.Window.D()},
 	})
 	if err != nil {
 		return err
@@ -159,6 +160,10 @@ func serve(ctx context.Context, c config.Config, log *slog.Logger) error {
 		Log:         log.With("frontend", "dovecot"), Metrics: metrics.Frontend{R: reg, Name: "dovecot"},
 	}
 	adm := &admin.Server{Guard: g, Log: log.With("frontend", "admin")}
+	apiSrv, err := apiServer(c, g, reg, log) // nil: api off
+	if err != nil {
+		return err
+	}
 	ms := &metrics.Server{Registry: reg, Health: health(st), Pprof: c.Metrics.Pprof, Log: log.With("frontend", "metrics")}
 
 	// Bind every listener before serving: a taken port stops the start
@@ -199,6 +204,14 @@ func serve(ctx context.Context, c config.Config, log *slog.Logger) error {
 		}
 	}
 
+	var apiL net.Listener
+	if apiSrv != nil {
+		// A unix socket for nginx: mode 0660, group www-data (Debian's nginx).
+		if apiL, err = bind("api.listen", func() (net.Listener, error) { return listen.Listen(c.API.Listen, 0o660, "www-data") }); err != nil {
+			return err
+		}
+	}
+
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	var wg sync.WaitGroup
@@ -222,10 +235,15 @@ func serve(ctx context.Context, c config.Config, log *slog.Logger) error {
 	if metricsL != nil {
 		run("metrics.listen", func() error { return ms.Serve(metricsL) })
 	}
+	apiAddr := "off"
+	if apiSrv != nil {
+		apiAddr = c.API.Listen
+		run("api.listen", func() error { return apiSrv.Serve(apiL) })
+	}
 
 	log.Info("mailguard started", "version", Version, "postfix", c.Postfix.Listen, "dovecot", c.Dovecot.Listen,
 		"admin", c.Admin.Socket, "metrics", c.Metrics.Listen, "store", c.Store.Backend, "state_dir", c.StateDir,
-		"firewall", c.Firewall.Backend, "jails", len(g.Jails()))
+		"firewall", c.Firewall.Backend, "jails", len(g.Jails()), "api", apiAddr)
 	<-ctx.Done()
 	cause := context.Cause(ctx)
 	log.Info("mailguard stopping", "reason", cause)
@@ -239,6 +257,9 @@ func serve(ctx context.Context, c config.Config, log *slog.Logger) error {
 	stopCancel()
 	adm.Close()
 	ms.Close()
+	if apiSrv != nil {
+		apiSrv.Close()
+	}
 	if stopFW != nil {
 		stopFW()
 	}
