@@ -510,7 +510,7 @@ type Lifted struct {
 
 // BanRequest is the body of POST /v1/bans.
 type BanRequest struct {
-	Target string `json:"target"`        // an address, a prefix or a login
+	Target string `json:"target"`         // an address, a prefix or a login
 	Jail   string `json:"jail,omitempty"` // default: the manual jail
 	For    string `json:"for,omitempty"`  // a Go duration; default: the jail's bantime
 }

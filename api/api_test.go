@@ -388,7 +388,9 @@ func TestCheckStoreDown(t *testing.T) {
 
 func TestTLS(t *testing.T) {
 	cert, pool := selfSigned(t)
-	ts := start(t, func(s *Server) { s.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12} })
+	ts := start(t, func(s *Server) {
+		s.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	})
 	ts.c.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}
 	if a := ts.do(t, "GET", "/v1/check?ip=192.0.2.1", checkToken, ""); a.status != 204 {
 		t.Errorf("check over TLS = %d", a.status)
@@ -503,4 +505,3 @@ func isTimeout(err error) bool {
 	ne, ok := err.(net.Error)
 	return ok && ne.Timeout()
 }
-

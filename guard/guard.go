@@ -94,13 +94,14 @@ type Config struct {
 	Prefixes       Prefixes
 	Recidive       store.Recidive
 	KnownDeviceTTL time.Duration    // zero: DefaultKnownDeviceTTL
-	// Shared is the shared-address rule (shared.go); zero MinUsers: off.
-	// It needs a store with store.Sharing (both backends have it).
-	Shared SharedRule
 	Log            *slog.Logger     // nil: slog.Default()
 	Metrics        Metrics          // nil: none
 	Now            func() time.Time // nil: time.Now; must be the store's clock
 	SecondFactor   SecondFactor     // zero: no TOTP enforcement, no totp jail
+
+	// Shared is the shared-address rule (shared.go); zero MinUsers: off.
+	// It needs a store with store.Sharing (both backends have it).
+	Shared SharedRule
 }
 
 // Metrics receives what guard counts. Implementations must be safe for

@@ -60,8 +60,8 @@ func Defaults() Config {
 		Metrics:  Metrics{Listen: "127.0.0.1:10030"},
 		Recidive: Recidive{Window: Duration(7 * 24 * time.Hour), Factor: 2, MaxTime: Duration(7 * 24 * time.Hour)},
 		Log:      Log{Level: "info", Format: "text"},
-		API:    API{Listen: "127.0.0.1:10031", MaxConns: api.DefaultMaxConns},
-		Safety: Safety{SharedAddress: SharedAddress{MinUsers: guard.DefaultSharedMinUsers, Window: Duration(guard.DefaultSharedWindow)}},
+		API:      API{Listen: "127.0.0.1:10031", MaxConns: api.DefaultMaxConns},
+		Safety:   Safety{SharedAddress: SharedAddress{MinUsers: guard.DefaultSharedMinUsers, Window: Duration(guard.DefaultSharedWindow)}},
 		Jails: map[string]Jail{
 			"dovecot": {Enabled: true, Events: []string{guard.EventAuthFailure}, Key: string(guard.KeyPrefix), MaxRetry: 5,
 				FindTime: Duration(10 * time.Minute), BanTime: Duration(time.Hour), Action: string(guard.ActionFirewall),
