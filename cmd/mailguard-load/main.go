@@ -13,6 +13,12 @@
 //
 //	mailguard-load -dovecot http://127.0.0.1:10029/ -conns 32 -duration 10s -fail-ratio 0.2
 //
+// With -api it drives the HTTP API's GET /v1/check as nginx's auth_request
+// does, over -conns keep-alive connections, the client address from
+// -clients in ?ip= and the token in -api-header:
+//
+//	mailguard-load -api http://127.0.0.1:10031/ -api-header "Authorization: Bearer TOKEN" -conns 32 -duration 10s
+//
 // `mailguard-load floor` is the other side: a server of both protocols that
 // does the least possible (reads each request, answers DUNNO or
 // {"status":0}), the floor that `make load` compares mailguard with.
@@ -69,7 +75,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	clients := fs.Int("clients", 256, "distinct client addresses (192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24, then 2001:db8::/32)")
 	users := fs.Int("users", 0, "distinct SASL users sending at RCPT (counted by the rate-limit jail); 0: unauthenticated, as recorded.\nWith -dovecot: distinct logins (default 1000)")
 	dovecot := fs.String("dovecot", "", "Dovecot auth policy URL, http://HOST:PORT/ or unix:/path (loopback only): drive it instead of -policy")
-	apiHeader := fs.String("api-header", "", "with -dovecot: auth_policy_server_api_header, sent verbatim, e.g. \"Authorization: Bearer KEY\"")
+	apiHeader := fs.String("api-header", "", "with -dovecot: auth_policy_server_api_header, sent verbatim, e.g. \"Authorization: Bearer KEY\"; with -api: the token's header line")
+	apiURL := fs.String("api", "", "mailguard's HTTP API, http://HOST:PORT/ (loopback only): drive GET /v1/check instead of -policy")
 	failRatio := fs.Float64("fail-ratio", 0.2, "with -dovecot: fraction of requests that are failed-login reports, 0..0.5 (the rest are allows)")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -96,11 +103,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	check(*rate >= 0 && *rate <= maxRate, fmt.Sprintf("-rate must be 0..%d", maxRate))
 	check(*clients >= 1 && *clients <= maxClients, fmt.Sprintf("-clients must be 1..%d", maxClients))
 	check(*users >= 0 && *users <= maxClients, fmt.Sprintf("-users must be 0..%d", maxClients))
-	if *dovecot == "" {
+	switch {
+	case *apiURL != "":
+		check(*dovecot == "" && !set["policy"], "give one of -policy, -dovecot or -api")
+		check(!set["fail-ratio"] && !set["users"], "-fail-ratio and -users need -dovecot or -policy")
+		check(!strings.ContainsAny(*apiHeader, "\r\n"), "-api-header must be one line")
+	case *dovecot == "":
 		for _, f := range []string{"api-header", "fail-ratio"} {
-			check(!set[f], "-"+f+" needs -dovecot")
+			check(!set[f], "-"+f+" needs -dovecot or -api")
 		}
-	} else {
+	default:
 		check(!set["policy"], "give -policy or -dovecot, not both")
 		check(*users >= 1, "-users must be at least 1 with -dovecot")
 		check(*failRatio >= 0 && *failRatio <= 0.5, "-fail-ratio must be 0..0.5")
@@ -110,9 +122,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		network, addr, path string
 		err                 error
 	)
-	if *dovecot == "" {
+	switch {
+	case *apiURL != "":
+		network, addr, err = parseAPIURL(ctx, *apiURL)
+	case *dovecot == "":
 		network, addr, err = loopbackTarget(ctx, "-policy", *policy)
-	} else {
+	default:
 		network, addr, path, err = parseDovecotURL(ctx, *dovecot)
 	}
 	if err != nil {
@@ -129,7 +144,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if *rate > 0 {
 		pace = fmt.Sprintf(", open loop at %.0f req/s", *rate)
 	}
-	if *dovecot == "" {
+	switch {
+	case *apiURL != "":
+		load := newAPILoad(network, addr, *apiHeader, *clients)
+		r.open = load.open
+		res = r.run(ctx)
+		report(stdout, fmt.Sprintf("%s %s (api GET /v1/check)%s", network, addr, pace), *conns, res)
+		fmt.Fprintf(stdout, "mix         %d client addresses; %d connections opened\n", len(load.clients), load.dials.Load())
+	case *dovecot == "":
 		load, err := newPostfixLoad(network, addr, *clients, *users)
 		if err != nil {
 			fmt.Fprintln(stderr, "mailguard-load:", err)
@@ -138,7 +160,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		r.open = load.open
 		res = r.run(ctx)
 		report(stdout, fmt.Sprintf("%s %s (postfix policy)%s", network, addr, pace), *conns, res)
-	} else {
+	default:
 		load := newDovecotLoad(network, addr, path, *apiHeader, *failRatio, *clients, *users)
 		r.open = load.open
 		res = r.run(ctx)
