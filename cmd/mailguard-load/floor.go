@@ -22,7 +22,8 @@ import (
 //     the empty line (bounded like policyd: line length, attributes) and
 //     answers "action=DUNNO"; no parsing, no policy, no store.
 //   - Dovecot auth policy: a net/http server, as authhook's, reads the
-//     body (capped) and answers {"status":0}.
+//     body (capped) and answers {"status":0}; a GET (the -api load's
+//     /v1/check) gets 204, as mailguard's API answers an allowed client.
 //
 // It listens on loopback only and stops after -duration or on SIGINT.
 const (
@@ -202,6 +203,11 @@ func floorPolicyConn(c net.Conn) {
 }
 
 func floorDovecot(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodGet {
+		// The floor of -api: GET /v1/check answered as allowed, nothing read.
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
 	if r.Method != http.MethodPost {
 		http.Error(w, "POST only", http.StatusMethodNotAllowed)
 		return
