@@ -52,6 +52,10 @@ type DovecotOptions struct {
 	// APIHeader is the "Authorization: Bearer KEY" line Dovecot sends;
 	// empty: testAPIKey.
 	APIHeader string
+	// Webmail uncomments contrib's login_trusted_networks line (loopback):
+	// Dovecot then takes the client address from the IMAP ID of a webmail
+	// on this host (contrib/roundcube/mailguard_client_ip).
+	Webmail bool
 }
 
 const (
@@ -110,10 +114,15 @@ func StartDovecot(t *testing.T, policyURL string, opt DovecotOptions) *Dovecot {
 		apiHeader = testAPIKey
 	}
 	_, bearer, _ := strings.Cut(apiHeader, "Bearer ")
-	conf := contribFile(t, "dovecot/95-mailguard.conf",
+	edits := []string{
 		"REPLACE_WITH_THE_KEY_IN_MAILGUARD_DOVECOT_API_HEADER", bearer,
 		"REPLACE_WITH_OUTPUT_OF_openssl_rand_-hex_32", "e2e-nonce",
-		"http://127.0.0.1:10029/", policyURL)
+		"http://127.0.0.1:10029/", policyURL,
+	}
+	if opt.Webmail {
+		edits = append(edits, "\n#login_trusted_networks = ", "\nlogin_trusted_networks = ")
+	}
+	conf := contribFile(t, "dovecot/95-mailguard.conf", edits...)
 	writeFile(t, filepath.Join(etc, "conf.d", "95-mailguard.conf"), conf)
 	if opt.SASLSocket != "" {
 		writeFile(t, filepath.Join(etc, "conf.d", "95-postfix-sasl.conf"),
