@@ -10,6 +10,11 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # Debian packages the end-to-end tests run for real.
 TEST_DEBS   := redis-server redis-tools nftables iptables ipset iproute2 postfix dovecot-imapd dovecot-pop3d
 TEST_BINS   := redis-server redis-cli nft iptables ipset ip postfix dovecot
+# The webmail end-to-end test (e2e TestRoundcube) runs Debian's Roundcube on
+# its own nginx and php-fpm instances; the packages' own site and database are
+# not set up (debconf answers below): the test writes its own config.
+WEBMAIL_DEBS := nginx php-fpm roundcube-core roundcube-sqlite3
+WEBMAIL_DEBCONF := roundcube-core roundcube/dbconfig-install boolean false\nroundcube-core roundcube/reconfigure-webserver multiselect \nroundcube-core roundcube/restart-webserver boolean false\n
 
 .PHONY: all build run test deps lint bench load clean
 
@@ -35,6 +40,17 @@ deps:
 	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(TEST_DEBS); \
 	  else \
 	    echo "make deps: missing$$missing; not root, the tests that need them will skip"; \
+	  fi; \
+	fi
+	@missing=""; for p in $(WEBMAIL_DEBS); do \
+	  [ "$$(dpkg-query -W -f='$${db:Status-Status}' $$p 2>/dev/null)" = installed ] || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "make deps: installing the webmail test's packages (missing:$$missing)"; \
+	    printf '$(WEBMAIL_DEBCONF)' | debconf-set-selections; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(WEBMAIL_DEBS); \
+	  else \
+	    echo "make deps: missing$$missing; not root, the webmail test will skip"; \
 	  fi; \
 	fi
 
