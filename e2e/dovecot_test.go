@@ -52,9 +52,10 @@ type DovecotOptions struct {
 	// APIHeader is the "Authorization: Bearer KEY" line Dovecot sends;
 	// empty: testAPIKey.
 	APIHeader string
-	// Webmail uncomments contrib's login_trusted_networks line (loopback):
-	// Dovecot then takes the client address from the IMAP ID of a webmail
-	// on this host (contrib/roundcube/mailguard_client_ip).
+	// Webmail installs contrib/dovecot/96-mailguard-webmail.conf as
+	// shipped (login_trusted_networks: loopback): Dovecot then takes the
+	// client address from the IMAP ID of a webmail on this host
+	// (contrib/roundcube/mailguard_client_ip).
 	Webmail bool
 }
 
@@ -114,16 +115,14 @@ func StartDovecot(t *testing.T, policyURL string, opt DovecotOptions) *Dovecot {
 		apiHeader = testAPIKey
 	}
 	_, bearer, _ := strings.Cut(apiHeader, "Bearer ")
-	edits := []string{
+	conf := contribFile(t, "dovecot/95-mailguard.conf",
 		"REPLACE_WITH_THE_KEY_IN_MAILGUARD_DOVECOT_API_HEADER", bearer,
 		"REPLACE_WITH_OUTPUT_OF_openssl_rand_-hex_32", "e2e-nonce",
-		"http://127.0.0.1:10029/", policyURL,
-	}
-	if opt.Webmail {
-		edits = append(edits, "\n#login_trusted_networks = ", "\nlogin_trusted_networks = ")
-	}
-	conf := contribFile(t, "dovecot/95-mailguard.conf", edits...)
+		"http://127.0.0.1:10029/", policyURL)
 	writeFile(t, filepath.Join(etc, "conf.d", "95-mailguard.conf"), conf)
+	if opt.Webmail {
+		writeFile(t, filepath.Join(etc, "conf.d", "96-mailguard-webmail.conf"), contribFile(t, "dovecot/96-mailguard-webmail.conf"))
+	}
 	if opt.SASLSocket != "" {
 		writeFile(t, filepath.Join(etc, "conf.d", "95-postfix-sasl.conf"),
 			contribFile(t, "dovecot/95-postfix-sasl.conf", "/var/spool/postfix/private/auth", opt.SASLSocket))
