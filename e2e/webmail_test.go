@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -43,10 +44,9 @@ type WebmailOptions struct {
 	// Plugins are Roundcube plugins from contrib/roundcube, copied in and
 	// switched on.
 	Plugins []string
-	// HTTP is put into nginx's http block, Server into the server block
-	// (before its locations) and PHP into the location that runs
-	// Roundcube's index.php: contrib/nginx's blocks go there.
-	HTTP, Server, PHP string
+	// Server is put into nginx's server block before its locations
+	// (contrib/nginx's snippet goes there).
+	Server string
 }
 
 // StartWebmail runs Roundcube against the IMAP server at imap (host:port;
@@ -80,7 +80,7 @@ func StartWebmail(t *testing.T, imap string, opt WebmailOptions) *Webmail {
 	// Debian's layout of /var/lib/roundcube: public_html/index.php sets
 	// INSTALL_PATH to its parent, where program/, SQL/, config/, plugins/,
 	// skins/, temp/ and logs/ are looked up.
-	for _, d := range []string{"config", "plugins", "skins", "public_html/program", "temp", "logs", "db", "nginx"} {
+	for _, d := range []string{"config", "plugins", "skins", "public_html/program", "temp", "logs", "db", "../nginx-temp"} {
 		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -112,8 +112,14 @@ func StartWebmail(t *testing.T, imap string, opt WebmailOptions) *Webmail {
 			t.Fatalf("copying contrib/roundcube/%s: %v\n%s", p, err, out)
 		}
 	}
+	wwwData, err := user.Lookup("www-data") // Debian's nginx and php-fpm user
+	if err != nil {
+		testenv.Missing(t, "no www-data user: "+err.Error())
+	}
+	uid, _ := strconv.Atoi(wwwData.Uid)
+	gid, _ := strconv.Atoi(wwwData.Gid)
 	for _, d := range []string{"temp", "logs", "db"} {
-		if err := os.Chown(filepath.Join(root, d), 33, 33); err != nil { // www-data
+		if err := os.Chown(filepath.Join(root, d), uid, gid); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -121,7 +127,7 @@ func StartWebmail(t *testing.T, imap string, opt WebmailOptions) *Webmail {
 	rand.Read(key)
 	plugins := ""
 	for _, p := range opt.Plugins {
-		plugins += strconv.Quote(p) + ", "
+		plugins += "'" + p + "', "
 	}
 	writeFile(t, filepath.Join(root, "config", "config.inc.php"), fmt.Sprintf(`<?php
 $config = [];
@@ -167,23 +173,18 @@ events {
 http {
   include /etc/nginx/mime.types;
   access_log %[1]s/nginx-access.log;
-  client_body_temp_path %[1]s/roundcube/nginx/body;
-  fastcgi_temp_path %[1]s/roundcube/nginx/fastcgi;
-  proxy_temp_path %[1]s/roundcube/nginx/proxy;
-  scgi_temp_path %[1]s/roundcube/nginx/scgi;
-  uwsgi_temp_path %[1]s/roundcube/nginx/uwsgi;
-%[4]s
+  client_body_temp_path %[1]s/nginx-temp/body;
+  fastcgi_temp_path %[1]s/nginx-temp/fastcgi;
+  proxy_temp_path %[1]s/nginx-temp/proxy;
+  scgi_temp_path %[1]s/nginx-temp/scgi;
+  uwsgi_temp_path %[1]s/nginx-temp/uwsgi;
   server {
     listen %[2]s;
     server_name webmail.example.org;
     root %[1]s/roundcube/public_html;
     index index.php;
-%[5]s
-    location ~ ^/(config|temp|logs|SQL|program/include|program/lib)/ {
-      deny all;
-    }
+%[4]s
     location = /index.php {
-%[6]s
       include /etc/nginx/fastcgi_params;
       fastcgi_param SCRIPT_FILENAME $document_root$fastcgi_script_name;
       fastcgi_pass %[3]s;
@@ -193,7 +194,7 @@ http {
     }
   }
 }
-`, dir, w.Addr, fpmAddr, opt.HTTP, opt.Server, opt.PHP))
+`, dir, w.Addr, fpmAddr, opt.Server))
 
 	fpm := exec.Command(fpms[0], "--nodaemonize", "--fpm-config", fpmConf)
 	startServer(t, "php-fpm", fpm, fpmAddr, filepath.Join(dir, "php-fpm.log"), filepath.Join(dir, "php-errors.log"))
