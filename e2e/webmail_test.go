@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
@@ -298,6 +297,22 @@ func (b *Browser) Get(t *testing.T, path string) (int, string) {
 
 var tokenRE = regexp.MustCompile(`<input type="hidden" name="_token" value="([^"]+)"`)
 
+// Post posts the form-encoded body to path and returns the status,
+// Location and body.
+func (b *Browser) Post(t *testing.T, path, form string) (status int, location, body string) {
+	t.Helper()
+	resp, err := b.c.Post(b.url+path, "application/x-www-form-urlencoded", strings.NewReader(form))
+	if err != nil {
+		t.Fatalf("POST %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	rb, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	if err != nil {
+		t.Fatalf("POST %s: reading the body: %v", path, err)
+	}
+	return resp.StatusCode, resp.Header.Get("Location"), string(rb)
+}
+
 // Login fetches Roundcube's login form (its session cookie and CSRF token
 // _token), posts user and pass as the form does, and returns the answer's
 // status and Location (a 302 to the mailbox is a successful login) and
@@ -312,22 +327,9 @@ func (b *Browser) Login(t *testing.T, user, pass string) (status int, location, 
 	if m == nil {
 		t.Fatalf("Roundcube's login page has no _token:\n%s", form)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
 	v := url.Values{
 		"_token": {m[1]}, "_task": {"login"}, "_action": {"login"},
 		"_timezone": {"UTC"}, "_url": {""}, "_user": {user}, "_pass": {pass},
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, b.url+"?_task=login", strings.NewReader(v.Encode()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	resp, err := b.c.Do(req)
-	if err != nil {
-		t.Fatalf("POST login: %v", err)
-	}
-	defer resp.Body.Close()
-	rb, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
-	return resp.StatusCode, resp.Header.Get("Location"), string(rb)
+	return b.Post(t, "?_task=login", v.Encode())
 }
