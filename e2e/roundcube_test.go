@@ -1,29 +1,46 @@
 package e2e
 
 import (
+	"fmt"
 	"net/http"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/mailguard/mailguard/internal/testenv"
 )
 
-// Webmail logins through real Roundcube (contrib/roundcube's plugin and
-// contrib/dovecot's login_trusted_networks line): wrong passwords posted
-// to the login form from one browser address ban that address, not the
-// webmail host Roundcube logs in from, while a browser elsewhere logs in.
+// Webmail logins through real Roundcube (contrib/roundcube's plugin,
+// contrib/dovecot's webmail file, contrib/nginx's auth_request snippet):
+// wrong passwords posted to the login form from one browser address ban
+// that address, not the webmail host Roundcube logs in from, while a
+// browser elsewhere logs in; then nginx refuses the banned browser with a
+// 403 before PHP runs.
 func TestRoundcube(t *testing.T) {
 	const attacker, other, webmailHost = "127.0.0.2", "127.0.0.3", "127.0.0.1"
+	tokens := filepath.Join(t.TempDir(), "api-tokens")
+	if err := os.WriteFile(tokens, []byte(apiCheckToken+" check nginx\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	api := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	// 127.0.0.1, the webmail host, is not in ignoreip here: nothing but
 	// the plugin keeps the failures off it.
 	d := NewDaemon(t,
 		"dovecot.api_header="+testAPIKey,
 		"jails.dovecot.maxretry=3",
 		"ignoreip=::1",
+		"api.listen="+api, "api.tokens_file="+tokens,
 	)
 	d.Start()
 	dv := StartDovecot(t, "http://"+d.Dovecot+"/", DovecotOptions{Webmail: true})
-	w := StartWebmail(t, dv.IMAP, WebmailOptions{Plugins: []string{"mailguard_client_ip"}})
+	w := StartWebmail(t, dv.IMAP, WebmailOptions{
+		Plugins: []string{"mailguard_client_ip"},
+		Server: contribFile(t, "nginx/mailguard.conf",
+			"http://127.0.0.1:10031/", "http://"+api+"/",
+			`"Bearer REPLACE_WITH_A_CHECK_TOKEN"`, `"Bearer `+apiCheckToken+`"`),
+	})
 
 	// A login that Roundcube answers with its login page and "Login failed.".
 	failed := func(src, user, pass string) {
@@ -57,12 +74,35 @@ func TestRoundcube(t *testing.T) {
 	if strings.Contains(status, webmailHost) {
 		t.Fatalf("status dovecot lists the webmail host %s:\n%s", webmailHost, status)
 	}
-	failed(attacker, testUser, testPassword) // refused by mailguard: banned
-	loggedIn(other)
-	// Dovecot saw the browsers, never a login from the webmail host.
 	b, err := os.ReadFile(dv.Log)
 	if err != nil {
 		t.Fatal(err)
+	}
+	tries := strings.Count(string(b), "rip="+attacker+",")
+
+	// nginx asks mailguard (auth_request) first: the banned browser gets
+	// the snippet's 403 page for the form and for a login post, and
+	// nothing reaches Roundcube or Dovecot; the other browser logs in.
+	refused := "Too many failed logins from your network"
+	if status, body := w.NewBrowser(t, attacker).Get(t, ""); status != http.StatusForbidden || !strings.Contains(body, refused) {
+		t.Fatalf("login form for banned %s = %d, want 403 with %q:\n%s", attacker, status, refused, body)
+	}
+	if status, loc, body := w.NewBrowser(t, attacker).Post(t, "?_task=login", "_task=login&_action=login&_user=alice&_pass=x"); status != http.StatusForbidden || loc != "" || !strings.Contains(body, refused) {
+		t.Fatalf("login post from banned %s = %d %q, want 403 with %q:\n%s", attacker, status, loc, refused, body)
+	}
+	loggedIn(other)
+	if got := apiDo(t, "GET", "http://"+api+"/v1/check?ip="+webmailHost, apiCheckToken, ""); got != http.StatusNoContent {
+		t.Errorf("check ip=%s (the webmail host) = %d, want 204", webmailHost, got)
+	}
+
+	// Dovecot saw the browsers, never a login from the webmail host, and
+	// nothing more from the banned browser once nginx refused it.
+	b, err = os.ReadFile(dv.Log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(string(b), "rip="+attacker+","); n != tries {
+		t.Errorf("dovecot log: %d lines from %s after the ban, want none", n-tries, attacker)
 	}
 	for _, re := range []string{`auth failed.*user=<frank@example\.org>.*rip=127\.0\.0\.2,`, `Login: user=<alice@example\.org>.*rip=127\.0\.0\.3,`} {
 		if !regexp.MustCompile(re).Match(b) {
