@@ -7,14 +7,17 @@
 // (with %(section/name)s and %(known/name)s), <tag> substitution (<mode>,
 // <__prefix_line>, <mdre-<mode>>), the regex tags <HOST>, <ADDR>, <IP4>,
 // <IP6>, <DNS>, <F-ID/>, <F-NAME>...</F-NAME> groups, prefregex with
-// <F-CONTENT>, failregex and ignoreregex lists. Multi-line filters
-// (maxlines > 1, <F-MLFID>, <SKIPLINES>) are refused with an error.
+// <F-CONTENT>, failregex and ignoreregex lists, datepattern (see date.go),
+// and what filter.py does for multi-line filters: the maxlines buffer with
+// <SKIPLINES>, and sessions joined by <F-MLFID> with <F-NOFAIL>,
+// <F-MLFFORGET> and <F-MLFGAINED> (see Tracker).
 //
 // Regexes are Python's. Each compiles with Go's RE2 (regexp) when it can,
 // else with github.com/dlclark/regexp2 (lookaround, backreferences), bounded
 // by a match timeout; [Regex.Engine] says which.
 //
-// A Filter is immutable after [Load] and safe for concurrent use.
+// A Filter is immutable after [Load] and safe for concurrent use; a
+// [Tracker] holds the state of one source.
 package filter
 
 import (
@@ -22,7 +25,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"regexp"
-	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -47,10 +50,12 @@ const (
 type Filter struct {
 	Name        string
 	Mode        string // the mode it was loaded with ("" when it has none)
-	DatePattern string // as written; only {^LN-BEG} (syslog and ISO 8601 dates at line start) is honoured
+	DatePattern string // as written ("" is fail2ban's default detection)
+	MaxLines    int    // lines matched together (maxlines, 1 for single-line filters)
 	Pref        *Regex // nil without prefregex
 	Fail        []*Regex
 	Ignore      []*Regex
+	dates       *dateDetector
 }
 
 // Regex is one compiled regex of a filter.
@@ -59,7 +64,13 @@ type Regex struct {
 	Go     string // the pattern given to the engine
 	re2    *regexp.Regexp
 	re     *regexp2.Regexp
+	names  []string // RE2 group names by index
+	lits   []string // the literal prefilter: one of them is in every match (nil: none)
 }
+
+// Prefilter reports the literals one of which a line must contain for the
+// regex to be tried (nil when it has none).
+func (r *Regex) Prefilter() []string { return r.lits }
 
 // Engine reports EngineRE2 or EngineRegexp2.
 func (r *Regex) Engine() string {
@@ -67,145 +78,6 @@ func (r *Regex) Engine() string {
 		return EngineRE2
 	}
 	return EngineRegexp2
-}
-
-// find returns the named groups of the first match in s (a group that did
-// not take part is absent), or nil.
-func (r *Regex) find(s string) map[string]string {
-	if r.re2 != nil {
-		m := r.re2.FindStringSubmatchIndex(s)
-		if m == nil {
-			return nil
-		}
-		g := map[string]string{}
-		for i, n := range r.re2.SubexpNames() {
-			if n != "" && m[2*i] >= 0 {
-				if _, set := g[n]; !set || g[n] == "" {
-					g[n] = s[m[2*i]:m[2*i+1]]
-				}
-			}
-		}
-		return g
-	}
-	m, err := r.re.FindStringMatch(s)
-	if err != nil || m == nil { // a timeout is a miss
-		return nil
-	}
-	g := map[string]string{}
-	for _, grp := range m.Groups() {
-		if grp.Name != "" && (grp.Name[0] < '0' || grp.Name[0] > '9') && len(grp.Captures) > 0 {
-			g[grp.Name] = grp.String()
-		}
-	}
-	return g
-}
-
-// Outcome is what a line did to a filter, in fail2ban-regex's words.
-type Outcome int
-
-// Outcomes.
-const (
-	Missed Outcome = iota
-	Ignored
-	Matched
-)
-
-// Result is what a matched line says.
-type Result struct {
-	Outcome  Outcome
-	Regex    int        // index into Fail of the regex that matched, -1 if none
-	Host     netip.Addr // the client address; zero when the regex took a host name (<HOST> as DNS) or no address
-	HostName string     // <HOST> when it matched a name, not an address; never resolved
-	User     string     // <F-USER>, else the first <F-ALT_USER...>
-	ID       string     // <F-ID>
-	NoFail   bool       // the regex marks this line <F-NOFAIL>: not a failure
-	TooLong  bool       // the line exceeded MaxLineLength and was not matched
-	Groups   map[string]string
-}
-
-// Match examines line (without its trailing newline). ok is true when a
-// failregex matched, no ignoreregex did, the line is not <F-NOFAIL> and
-// it named a valid client address in Result.Host.
-func (f *Filter) Match(line string) (Result, bool) {
-	r := f.Examine(line)
-	return r, r.Outcome == Matched && !r.NoFail && r.Host.IsValid()
-}
-
-// Examine examines line as fail2ban does: the date at line start is cut
-// off, prefregex must match and its <F-CONTENT> is what the failregexes
-// see, the first matching failregex wins unless an ignoreregex matches the
-// same text.
-func (f *Filter) Examine(line string) Result {
-	res := Result{Regex: -1}
-	if len(line) > MaxLineLength {
-		res.TooLong = true
-		return res
-	}
-	buf := stripDate(line)
-	groups := map[string]string{}
-	if f.Pref != nil {
-		g := f.Pref.find(buf)
-		if g == nil {
-			return res
-		}
-		content, ok := g["content"]
-		delete(g, "content")
-		if ok && content != "" {
-			buf = content
-		}
-		groups = g
-	}
-	for i, re := range f.Fail {
-		g := re.find(buf)
-		if g == nil {
-			continue
-		}
-		for _, ig := range f.Ignore {
-			if ig.find(buf) != nil {
-				res.Outcome = Ignored
-				res.Regex = i
-				return res
-			}
-		}
-		for k, v := range g {
-			if _, set := groups[k]; !set || v != "" {
-				groups[k] = v
-			}
-		}
-		res.Outcome, res.Regex, res.Groups = Matched, i, groups
-		res.fill()
-		return res
-	}
-	return res
-}
-
-func (res *Result) fill() {
-	g := res.Groups
-	if v, ok := g["ip4"]; ok {
-		res.Host = parseAddr(v)
-	} else if v, ok := g["ip6"]; ok {
-		res.Host = parseAddr(v)
-	} else if v, ok := g["dns"]; ok {
-		res.HostName = v
-	}
-	res.ID = g["fid"]
-	res.User = g["user"]
-	if res.User == "" {
-		var alts []string
-		for k := range g {
-			if strings.HasPrefix(k, "alt_user") {
-				alts = append(alts, k)
-			}
-		}
-		sort.Strings(alts)
-		for _, k := range alts {
-			if g[k] != "" {
-				res.User = g[k]
-				break
-			}
-		}
-	}
-	_, res.NoFail = g["nofail"]
 }
 
 // parseAddr accepts only a well-formed address (no leading zeros, no zone);
@@ -236,6 +108,9 @@ func load2(read readFunc, path, mode string, opts map[string]string) (*Filter, e
 
 // tagRE finds <tag> references, innermost first (fail2ban's TAG_CRE).
 var tagRE = regexp.MustCompile(`<([^ <>]+)>`)
+
+// maxMaxLines bounds maxlines (fail2ban's filters use at most 10).
+const maxMaxLines = 100
 
 // maxTagPasses bounds <tag> substitution (fail2ban's MAX_TAG_REPLACE_COUNT
 // is 25).
@@ -335,22 +210,31 @@ func build(c *config, name, mode string, opts map[string]string) (*Filter, error
 	if m, err := get("mode"); err == nil {
 		f.Mode = m
 	}
+	f.MaxLines = 1
 	if v, err := get("maxlines"); err != nil {
 		return nil, err
-	} else if v = strings.TrimSpace(v); v != "" && v != "1" {
-		return nil, fmt.Errorf("filter %s: maxlines = %s: multi-line filters are not supported yet", name, v)
+	} else if v = strings.TrimSpace(v); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > maxMaxLines {
+			return nil, fmt.Errorf("filter %s: maxlines = %q: want a number from 1 to %d", name, v, maxMaxLines)
+		}
+		f.MaxLines = n
 	}
 	dp, err := get("datepattern")
 	if err != nil {
 		return nil, err
 	}
 	f.DatePattern = strings.TrimSpace(dp)
+	if f.dates, err = newDateDetector(f.DatePattern); err != nil {
+		return nil, fmt.Errorf("filter %s: %w", name, err)
+	}
+	multi := f.MaxLines > 1
 	pref, err := get("prefregex")
 	if err != nil {
 		return nil, err
 	}
 	if strings.TrimSpace(pref) != "" {
-		if f.Pref, err = compile(pref); err != nil {
+		if f.Pref, err = compile(pref, multi); err != nil {
 			return nil, fmt.Errorf("filter %s: prefregex: %w", name, err)
 		}
 	}
@@ -366,7 +250,7 @@ func build(c *config, name, mode string, opts map[string]string) (*Filter, error
 			if strings.TrimSpace(line) == "" {
 				continue
 			}
-			r, err := compile(line)
+			r, err := compile(line, multi)
 			if err != nil {
 				return nil, fmt.Errorf("filter %s: %s line %d: %w", name, l.opt, i+1, err)
 			}

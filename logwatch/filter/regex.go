@@ -47,17 +47,15 @@ var fnameRE = regexp.MustCompile(`^(/?)F-([A-Z0-9_\-]+)$`)
 // "(?:(?i)", which Python 3.11 refuses and fail2ban rewrites to "(?i:".
 var globFlagRE = regexp.MustCompile(`\((?:\?:)?(\(\?[a-z]+)\)`)
 
-var errMultiline = errors.New("multi-line tags (<SKIPLINES>, <F-MLFID>) are not supported yet")
-
 // resolveTags turns fail2ban's regex tags into named groups.
 func resolveTags(s string) (string, error) {
 	open := map[string]bool{}
-	var err error
+	skip := 0
 	out := ftagRE.ReplaceAllStringFunc(s, func(t string) string {
 		tn := t[1 : len(t)-1]
-		if tn == "SKIPLINES" || tn == "F-MLFID" || tn == "F-MLFFORGET" || tn == "F-MLFGAINED" {
-			err = errMultiline
-			return t
+		if tn == "SKIPLINES" {
+			skip++
+			return fmt.Sprintf(`\n(?P<skiplines%d>(?:(?:.*\n)*?))`, skip-1)
 		}
 		if v, ok := hostTags[tn]; ok {
 			return v
@@ -83,7 +81,7 @@ func resolveTags(s string) (string, error) {
 		}
 		return "(?P<" + strings.ReplaceAll(g, "-", "_") + ">"
 	})
-	return out, err
+	return out, nil
 }
 
 // globToLocal rewrites "((?i)" to "(?i:" unless the "(" is escaped.
@@ -106,8 +104,9 @@ func globToLocal(s string) string {
 // pyBackrefRE finds Python's named backreference (?P=name).
 var pyBackrefRE = regexp.MustCompile(`\(\?P=(\w+)\)`)
 
-// compile builds a Regex from a Python regex with fail2ban tags.
-func compile(src string) (*Regex, error) {
+// compile builds a Regex from a Python regex with fail2ban tags; multiline
+// is Python's re.MULTILINE, which fail2ban sets when maxlines > 1.
+func compile(src string, multiline bool) (*Regex, error) {
 	if strings.TrimSpace(src) == "" {
 		return nil, errors.New("empty regex")
 	}
@@ -116,9 +115,12 @@ func compile(src string) (*Regex, error) {
 		return nil, err
 	}
 	p = globToLocal(p)
+	if multiline {
+		p = "(?m)" + p
+	}
 	r := &Regex{Source: src, Go: p}
 	if re, err := regexp.Compile(p); err == nil {
-		r.re2 = re
+		r.re2, r.names, r.lits = re, re.SubexpNames(), requiredLits(p)
 		return r, nil
 	}
 	p2 := pyBackrefRE.ReplaceAllString(dotNetNames(p), `\k<$1>`)
@@ -129,20 +131,6 @@ func compile(src string) (*Regex, error) {
 	re.MatchTimeout = regexp2Timeout
 	r.Go, r.re = p2, re
 	return r, nil
-}
-
-// dateRE matches the dates fail2ban's {^LN-BEG} finds first in mail logs:
-// syslog's "Nov 29 09:18:08" (optionally with a year) and ISO 8601 as
-// rsyslog and Postfix's maillog_file write it.
-var dateRE = regexp.MustCompile(`^\s*(?:(?:[A-Z][a-z]{2} )?[A-Z][a-z]{2} {1,2}\d{1,2} \d{2}:\d{2}:\d{2}(?:\.\d+)?(?: \d{4})?|\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?)`)
-
-// stripDate cuts the date at line start, as fail2ban's date detector does
-// before the regexes see the line.
-func stripDate(line string) string {
-	if m := dateRE.FindStringIndex(line); m != nil {
-		return line[m[1]:]
-	}
-	return line
 }
 
 func osRead(name string) ([]byte, error) {
