@@ -2,6 +2,7 @@ package filter
 
 import (
 	"container/list"
+	"fmt"
 	"net/netip"
 	"sort"
 	"strings"
@@ -166,6 +167,7 @@ type tracker struct {
 	ml           *mlCache // nil in Examine: no sessions
 	checkAll     bool
 	countPending bool
+	lastPref     bool
 }
 
 // step is fail2ban's processLine and findFailure for one line.
@@ -207,11 +209,14 @@ func (t *tracker) step(line string, now time.Time) Result {
 	// failregexes - 2.
 	if len(f.Ignore) > 0 && len(f.Ignore) < len(f.Fail)-2 && ignored(buf) {
 		res.Outcome = Ignored
+		// fail2ban-regex then counts the prefregex match of the line before
+		res.PrefMatched = t.lastPref
 		return res
 	}
 	var pre groups
 	if f.Pref != nil {
 		g, _, _ := f.Pref.find(buf)
+		t.lastPref = g != nil
 		if g == nil {
 			return res
 		}
@@ -249,7 +254,7 @@ func (t *tracker) step(line string, now time.Time) Result {
 			}
 		}
 		if multi {
-			kept, joined := unmatched(orgBuf, buf, ms, me)
+			kept, joined := unmatched(orgBuf, buf, ms, me, g)
 			res.Joined += joined
 			t.buf = kept
 			buf = strings.Join(kept, "\n") + "\n"
@@ -389,9 +394,14 @@ func matchedText(buf string, ms, me int) string {
 	return buf[ls:le]
 }
 
+// maxSkipLines bounds the <SKIPLINES> tags of one regex that are honoured.
+const maxSkipLines = 16
+
 // unmatched returns the lines of the buffer the match [ms, me) did not
-// take, and how many earlier lines (not the newest) it took.
-func unmatched(lines []string, buf string, ms, me int) ([]string, int) {
+// take (those before and after it, and the ones <SKIPLINES> skipped, as
+// failregex.py keeps them), and how many earlier lines (not the newest) it
+// took.
+func unmatched(lines []string, buf string, ms, me int, g groups) ([]string, int) {
 	ls := strings.LastIndexByte(buf[:ms], '\n') + 1
 	le := len(buf)
 	if me > 0 {
@@ -407,11 +417,32 @@ func unmatched(lines []string, buf string, ms, me int) ([]string, int) {
 	if first > last {
 		first = last
 	}
-	kept := make([]string, 0, len(lines)-(last-first))
-	kept = append(kept, lines[:first]...)
+	kept := append([]string(nil), lines[:first]...)
+	taken := append([]string(nil), lines[first:last]...)
+	newest := last == len(lines)
+	for i := 0; i < maxSkipLines; i++ {
+		sk, ok := g[fmt.Sprintf("skiplines%d", i)]
+		if !ok {
+			continue
+		}
+		n := 0
+		for _, l := range strings.Split(strings.TrimSuffix(sk, "\n"), "\n") {
+			if sk == "" {
+				break
+			}
+			for j := n; j < len(taken); j++ {
+				if taken[j] == l {
+					kept = append(kept, l)
+					taken = append(taken[:j], taken[j+1:]...)
+					n = j
+					break
+				}
+			}
+		}
+	}
 	kept = append(kept, lines[last:]...)
-	joined := last - first
-	if last == len(lines) && joined > 0 {
+	joined := len(taken)
+	if newest && joined > 0 {
 		joined-- // the newest line is the one being examined
 	}
 	return kept, joined
