@@ -31,6 +31,8 @@ func TestTestFilterEqualsFail2banRegex(t *testing.T) {
 		{rec + "/dovecot.log", shipped + "/dovecot.conf", "aggressive"},
 		{rec + "/postscreen.log", shipped + "/postscreen.conf", ""},
 		{rec + "/postscreen.log", shipped + "/postfix.conf", "aggressive"},
+		{rec + "/postscreen.log", shipped + "/postfix.conf", "ddos"},
+		{rec + "/postfix.log", shipped + "/postfix.conf", "ddos"},
 		{rec + "/roundcube.log", shipped + "/roundcube-auth.conf", ""},
 		{"testdata/f2b/session.log", "testdata/f2b/session.conf", ""},
 		{"testdata/f2b/session.log", "testdata/f2b/session.conf", "aggressive"},

@@ -156,6 +156,7 @@ func TestBuildErrors(t *testing.T) {
 		{"bad regex", "[Definition]\nfailregex = ^(<HOST>\n", "failregex line 1: compiling"},
 		{"bad maxlines", "[Definition]\nfailregex = ^a <HOST>\n[Init]\nmaxlines = two\n", `maxlines = "two": want a number from 1 to 100`},
 		{"huge maxlines", "[Definition]\nfailregex = ^a <HOST>\n[Init]\nmaxlines = 100000\n", "want a number from 1 to 100"},
+		{"group twice", "[Definition]\nfailregex = ^a <ADDR> b <ADDR>$\n", "group ip4 defined twice"},
 		{"bad datepattern", "[Definition]\nfailregex = ^a <HOST>\ndatepattern = %%Q\n", "unknown directive %Q"},
 		{"unknown mode", "[Definition]\nfailregex = <re-<mode>>\nre-a = ^a <ADDR>\nmode = a\n", "no mode \"nope\" (no option re-nope)"},
 		{"tag bomb", "[Definition]\na = <b><b><b><b><b><b><b><b>\nb = <c><c><c><c><c><c><c><c>\nc = <d><d><d><d><d><d><d><d>\nd = <e><e><e><e><e><e><e><e>\ne = <f><f><f><f><f><f><f><f>\nf = <g><g><g><g><g><g><g><g>\ng = <h><h><h><h><h><h><h><h>\nh = xxxxxxxxxxxxxxxx\nfailregex = <a>\n", "larger than 1048576 bytes after <tag> substitution"},

@@ -119,6 +119,9 @@ func compile(src string, multiline bool) (*Regex, error) {
 		p = "(?m)" + p
 	}
 	r := &Regex{Source: src, Go: p}
+	if n := dupGroup(p); n != "" {
+		return nil, fmt.Errorf("compiling %q: group %s defined twice (Python, and so fail2ban, refuses it)", src, n)
+	}
 	if re, err := regexp.Compile(p); err == nil {
 		r.re2, r.names, r.lits = re, re.SubexpNames(), requiredLits(p)
 		return r, nil
@@ -142,6 +145,24 @@ func osRead(name string) ([]byte, error) {
 		return nil, fmt.Errorf("%s: larger than %d bytes", name, maxFileSize)
 	}
 	return os.ReadFile(name)
+}
+
+var groupNameRE = regexp.MustCompile(`\(\?P?<([A-Za-z_]\w*)>`)
+
+// dupGroup returns a group name defined twice in p, or "".
+func dupGroup(p string) string {
+	seen := map[string]bool{}
+	for _, m := range groupNameRE.FindAllStringSubmatchIndex(p, -1) {
+		if m[0] > 0 && p[m[0]-1] == '\\' {
+			continue
+		}
+		n := p[m[2]:m[3]]
+		if seen[n] {
+			return n
+		}
+		seen[n] = true
+	}
+	return ""
 }
 
 // dotNetNames rewrites Python's (?P<name> to regexp2's (?<name>, leaving

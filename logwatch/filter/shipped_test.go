@@ -25,8 +25,14 @@ func TestShippedAgainstRecordedLogs(t *testing.T) {
 		{"postfix.log", "postfix-sasl", ""},
 		{"dovecot.log", "dovecot", ""},
 		{"dovecot.log", "dovecot", "aggressive"},
+		{"postscreen.log", "postscreen", ""},
+		{"postscreen.log", "postfix", "ddos"},
+		{"roundcube.log", "roundcube-auth", ""},
 	} {
 		name := tc.filter
+		if tc.log == "postscreen.log" && tc.filter == "postfix" {
+			name += "-postscreen"
+		}
 		if tc.mode != "" {
 			name += "-" + tc.mode
 		}
@@ -85,7 +91,7 @@ func runLog(t *testing.T, f *Filter, path string) string {
 
 func TestShippedList(t *testing.T) {
 	got := strings.Join(Shipped(), " ")
-	if want := "dovecot postfix postfix-sasl"; got != want {
+	if want := "dovecot postfix postfix-sasl postscreen roundcube-auth"; got != want {
 		t.Errorf("Shipped() = %q, want %q", got, want)
 	}
 	if _, err := LoadShipped("../filters/postfix", "", nil); err == nil {
