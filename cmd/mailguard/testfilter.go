@@ -193,9 +193,17 @@ func (st *filterStats) addMissed(limit int, line string) {
 // A line longer than max is consumed whole and reported tooLong, never cut
 // into pieces that would each be matched.
 func readLine(rd *bufio.Reader, max int) (line string, tooLong bool, err error) {
-	var b []byte
+	frag, err := rd.ReadSlice('\n')
+	if !errors.Is(err, bufio.ErrBufferFull) {
+		// the whole line in one piece: one copy, into the string
+		if len(frag) > max+2 {
+			return "", true, err
+		}
+		return string(trimEOL(frag)), false, err
+	}
+	b := append([]byte(nil), frag...)
 	for {
-		frag, err := rd.ReadSlice('\n')
+		frag, err = rd.ReadSlice('\n')
 		if !tooLong {
 			if len(b)+len(frag) > max+2 {
 				tooLong, b = true, nil
@@ -206,10 +214,19 @@ func readLine(rd *bufio.Reader, max int) (line string, tooLong bool, err error) 
 		if errors.Is(err, bufio.ErrBufferFull) {
 			continue
 		}
-		s := strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r")
 		if tooLong {
-			s = ""
+			return "", true, err
 		}
-		return s, tooLong, err
+		return string(trimEOL(b)), false, err
 	}
+}
+
+func trimEOL(b []byte) []byte {
+	if n := len(b); n > 0 && b[n-1] == '\n' {
+		b = b[:n-1]
+	}
+	if n := len(b); n > 0 && b[n-1] == '\r' {
+		b = b[:n-1]
+	}
+	return b
 }

@@ -181,7 +181,11 @@ func (t *tracker) step(line string, now time.Time) Result {
 	text := line
 	date := now
 	if s, e, dt, ok := f.dates.find(line, now, t.loc); ok {
-		text = line[:s] + line[e:]
+		if s == 0 {
+			text = line[e:] // no copy for the usual date at line start
+		} else {
+			text = line[:s] + line[e:]
+		}
 		date, res.Time = dt, dt
 	}
 	multi := f.MaxLines > 1
