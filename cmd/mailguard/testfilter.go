@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -144,7 +145,9 @@ func runTestFilter(out io.Writer, in io.Reader, logName string, f *filter.Filter
 	}
 	fmt.Fprintf(w, "\nLog:    %s\n\n", escape.String(logName))
 	if f.Pref != nil {
-		fmt.Fprintf(w, "Prefregex: %d total [%s]\n|  %s\n`-\n\n", st.pref, f.Pref.Engine(), f.Pref.Source)
+		fmt.Fprintf(w, "Prefregex: %d total [%s]\n|  %s\n", st.pref, f.Pref.Engine(), f.Pref.Source)
+		printLits(w, "|  ", f.Pref)
+		fmt.Fprint(w, "`-\n\n")
 	}
 	hits := 0
 	for _, n := range st.fail {
@@ -153,6 +156,7 @@ func runTestFilter(out io.Writer, in io.Reader, logName string, f *filter.Filter
 	fmt.Fprintf(w, "Failregex: %d total\n|-  #) [# of hits] engine  regular expression\n", hits)
 	for i, re := range f.Fail {
 		fmt.Fprintf(w, "|  %2d) [%d] %-7s %s\n", i+1, st.fail[i], re.Engine(), re.Source)
+		printLits(w, "|              ", re)
 	}
 	fmt.Fprintf(w, "`-\n\nIgnoreregex: %d total\n", st.ignored)
 	for i, re := range f.Ignore {
@@ -181,6 +185,19 @@ func runTestFilter(out io.Writer, in io.Reader, logName string, f *filter.Filter
 		}
 	}
 	return nil
+}
+
+// printLits prints the literals a line must hold for re to be tried.
+func printLits(w io.Writer, indent string, re *filter.Regex) {
+	lits := re.Prefilter()
+	if lits == nil {
+		return
+	}
+	q := make([]string, len(lits))
+	for i, l := range lits {
+		q[i] = strconv.Quote(l)
+	}
+	fmt.Fprintf(w, "%sonly lines holding %s\n", indent, strings.Join(q, " or "))
 }
 
 func (st *filterStats) addMissed(limit int, line string) {

@@ -175,3 +175,24 @@ func TestBuildErrors(t *testing.T) {
 		})
 	}
 }
+
+// The literal prefilter: what a line must hold for a regex to be tried,
+// lookaround and backreferences left out for regexp2.
+func TestPrefilter(t *testing.T) {
+	for _, tc := range []struct{ re, want string }{
+		{`^(?:reject:|(?:improper command pipelining|too many errors) after \S+) .+$`, `reject:|improper command pipelining|too many errors`},
+		{`^from \[<ADDR>\]$`, `from [`},
+		{`^(?i)login failed from <ADDR>$`, ``},
+		{`^a(?! from )b from <ADDR>$`, `ab from `}, // lookaround is zero-width: "ab" is in every match
+		{`^SASL (?=LOGIN) failed(?<!x) for (?P<w>\w+) (?P=w) [(]<ADDR>$`, `SASL  failed for `},
+		{`^x? <ADDR>$`, ``},
+	} {
+		r, err := compile(tc.re, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.Join(r.Prefilter(), "|"); got != tc.want {
+			t.Errorf("prefilter of %q = %q, want %q", tc.re, got, tc.want)
+		}
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
 )
 
 // FuzzParse feeds arbitrary filter files through the whole loader (INI,
@@ -23,6 +24,7 @@ func FuzzParse(f *testing.F) {
 		f.Add(string(b))
 	}
 	f.Add("[Definition]\nfailregex = ^(?P<x>a)(?P=x) <HOST>(?=b)\nignoreregex = <F-USER>.*</F-USER>\n")
+	f.Add("[Definition]\nprefregex = ^<F-MLFID>\\S+</F-MLFID> <F-CONTENT>.+</F-CONTENT>$\nfailregex = ^<F-NOFAIL>c</F-NOFAIL> <ADDR>$\n  ^x<SKIPLINES>^<F-MLFFORGET>y</F-MLFFORGET>\ndatepattern = ^%%Y-%%m-%%d %%H:%%M:%%S\n  EPOCH\n[Init]\nmaxlines = 3\n")
 	f.Add("[INCLUDES]\nbefore = common.conf t.conf\n[Definition]\na = %(b)s\nb = <a>\nfailregex = <a>\n")
 	common, err := shipped.ReadFile("filters/common.conf")
 	if err != nil {
@@ -47,8 +49,12 @@ func FuzzParse(f *testing.F) {
 		if err != nil {
 			return
 		}
+		tr := flt.NewTracker()
+		now := time.Date(2026, 11, 29, 10, 0, 0, 0, time.UTC)
 		for _, l := range lines {
 			flt.Match(l)
+			tr.Line(l, now)
+			tr.Line(text, now) // the text as a line too: dates, sessions
 		}
 	})
 }

@@ -33,6 +33,78 @@ func requiredLits(pattern string) []string {
 	return lits
 }
 
+// withoutLookaround removes lookaround groups and backreferences from a
+// regexp2 pattern: the result matches at least what the pattern does, so
+// the literals it requires, the pattern requires too.
+func withoutLookaround(p string) string {
+	var b strings.Builder
+	for i := 0; i < len(p); i++ {
+		c := p[i]
+		switch {
+		case c == '\\' && i+1 < len(p):
+			if p[i+1] == 'k' && i+2 < len(p) && p[i+2] == '<' {
+				if j := strings.IndexByte(p[i:], '>'); j > 0 {
+					i += j
+					continue
+				}
+			}
+			b.WriteString(p[i : i+2])
+			i++
+		case c == '[':
+			j := classEnd(p, i)
+			b.WriteString(p[i:j])
+			i = j - 1
+		case c == '(' && (strings.HasPrefix(p[i:], "(?=") || strings.HasPrefix(p[i:], "(?!") ||
+			strings.HasPrefix(p[i:], "(?<=") || strings.HasPrefix(p[i:], "(?<!")):
+			i = groupEnd(p, i) - 1
+		default:
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
+}
+
+// classEnd returns the index after the character class opening at i.
+func classEnd(p string, i int) int {
+	j := i + 1
+	if j < len(p) && p[j] == '^' {
+		j++
+	}
+	if j < len(p) && p[j] == ']' {
+		j++
+	}
+	for ; j < len(p); j++ {
+		switch p[j] {
+		case '\\':
+			j++
+		case ']':
+			return j + 1
+		}
+	}
+	return len(p)
+}
+
+// groupEnd returns the index after the group opening at i.
+func groupEnd(p string, i int) int {
+	depth := 0
+	for j := i; j < len(p); j++ {
+		switch p[j] {
+		case '\\':
+			j++
+		case '[':
+			j = classEnd(p, j) - 1
+		case '(':
+			depth++
+		case ')':
+			depth--
+			if depth == 0 {
+				return j + 1
+			}
+		}
+	}
+	return len(p)
+}
+
 func litSet(re *syntax.Regexp) []string {
 	switch re.Op {
 	case syntax.OpLiteral:

@@ -132,7 +132,7 @@ func compile(src string, multiline bool) (*Regex, error) {
 		return nil, fmt.Errorf("compiling %q: %w", src, err)
 	}
 	re.MatchTimeout = regexp2Timeout
-	r.Go, r.re = p2, re
+	r.Go, r.re, r.lits = p2, re, requiredLits(withoutLookaround(p2))
 	return r, nil
 }
 
