@@ -44,13 +44,8 @@ func (r *Regex) find(s string) (g groups, start, end int) {
 			g[grp.Name] = grp.String()
 		}
 	}
-	// regexp2 indexes runes; the match text is a substring of s.
-	txt := m.String()
-	start = strings.Index(s, txt)
-	if start < 0 {
-		start = 0
-	}
-	return g, start, start + len(txt)
+	start, n := m.ByteRange()
+	return g, start, min(start+n, len(s))
 }
 
 // Outcome is what a line did to a filter, in fail2ban-regex's words.
@@ -67,7 +62,7 @@ const (
 type Failure struct {
 	Time  time.Time  // the line's date (datepattern); the time given to Line when it has none
 	Host  netip.Addr // always a valid address
-	User  string     // <F-USER>, else the first <F-ALT_USER...>, of the whole multi-line session
+	User  string     // <F-USER>, else the first <F-ALT_USER...> (in a session: the last user named)
 	ID    string     // <F-MLFID> that joined the lines, else <F-ID>
 	Regex int        // index into Filter.Fail of the regex that completed it
 }
@@ -271,9 +266,8 @@ func (t *tracker) step(line string, now time.Time) Result {
 			}
 		}
 		mlfid, hasMLFID := g["mlfid"]
-		var users map[string]struct{}
 		if hasMLFID && t.ml != nil {
-			g, users = t.ml.merge(mlfid, g, now)
+			g = t.ml.merge(mlfid, g, now)
 			if g["nofail"] != "" && !t.checkAll {
 				res.NoFail = true
 				if res.Regex < 0 {
@@ -301,7 +295,7 @@ func (t *tracker) step(line string, now time.Time) Result {
 		if res.Regex < 0 || res.Pending && res.Regex == i {
 			res.Regex, res.Groups = i, g.clone()
 			res.Host, res.HostName = host, name
-			res.User = g.user(users)
+			res.User = g.user()
 			res.ID = mlfid
 			if !hasMLFID {
 				res.ID = g["fid"]
@@ -316,7 +310,7 @@ func (t *tracker) step(line string, now time.Time) Result {
 				if !hasMLFID {
 					id = g["fid"]
 				}
-				res.Failures = append(res.Failures, Failure{Time: date, Host: host, User: g.user(users), ID: id, Regex: i})
+				res.Failures = append(res.Failures, Failure{Time: date, Host: host, User: g.user(), ID: id, Regex: i})
 			}
 		}
 		if !t.checkAll {
@@ -357,17 +351,9 @@ func (g groups) host() (netip.Addr, string) {
 	return netip.Addr{}, ""
 }
 
-// user returns <F-USER>, else the first non-empty <F-ALT_USER...>; a
-// session that tried more than one user gets them all, sorted.
-func (g groups) user(users map[string]struct{}) string {
-	if len(users) > 1 {
-		all := make([]string, 0, len(users))
-		for u := range users {
-			all = append(all, u)
-		}
-		sort.Strings(all)
-		return strings.Join(all, ",")
-	}
+// user returns <F-USER> (in a session, the last one given), else the first
+// non-empty <F-ALT_USER...>.
+func (g groups) user() string {
 	if u := g["user"]; u != "" {
 		return u
 	}
@@ -452,6 +438,23 @@ func unmatched(lines []string, buf string, ms, me int, g groups) ([]string, int)
 	return kept, joined
 }
 
+// maxSessionValue bounds each value a session keeps (a user name, an id),
+// and maxSessionUsers the users it remembers, so that MaxTracked sessions
+// hold a few megabytes at most, whatever the lines.
+const (
+	maxSessionValue = 256
+	maxSessionUsers = 8
+)
+
+// keep copies v out of the line it points into (the session outlives it),
+// cut at maxSessionValue bytes.
+func keep(v string) string {
+	if len(v) > maxSessionValue {
+		v = v[:maxSessionValue]
+	}
+	return strings.Clone(v)
+}
+
 // mlCache holds the multi-line sessions of one source.
 type mlCache struct {
 	m     map[string]*list.Element
@@ -489,8 +492,8 @@ func (c *mlCache) expire(now time.Time) {
 }
 
 // merge is fail2ban's _mergeFailure: it joins the match g to its session
-// and returns the merged groups, and the session's users.
-func (c *mlCache) merge(id string, g groups, now time.Time) (groups, map[string]struct{}) {
+// and returns the merged groups.
+func (c *mlCache) merge(id string, g groups, now time.Time) groups {
 	c.expire(now)
 	const (
 		nofail = 1 << iota
@@ -516,11 +519,11 @@ func (c *mlCache) merge(id string, g groups, now time.Time) (groups, map[string]
 	var users map[string]struct{}
 	if e, ok := c.m[id]; ok {
 		s := e.Value.(*mlSession)
-		if u := g["user"]; u != "" {
+		if u := g["user"]; u != "" && len(s.users) < maxSessionUsers {
 			if s.users == nil {
 				s.users = map[string]struct{}{}
 			}
-			s.users[u] = struct{}{}
+			s.users[keep(u)] = struct{}{}
 		}
 		users = s.users
 		if s.g["nofail"] != "" {
@@ -535,7 +538,7 @@ func (c *mlCache) merge(id string, g groups, now time.Time) (groups, map[string]
 			delete(s.g, "mlfpending")
 		}
 		for k, v := range g {
-			s.g[k] = v
+			s.g[k] = keep(v)
 		}
 		g = s.g
 		if flags&forget != 0 {
@@ -546,7 +549,10 @@ func (c *mlCache) merge(id string, g groups, now time.Time) (groups, map[string]
 			c.order.MoveToBack(e)
 		}
 	} else if flags&forget == 0 {
-		s := &mlSession{id: id, g: g, seen: now}
+		for k, v := range g {
+			g[k] = keep(v)
+		}
+		s := &mlSession{id: keep(id), g: g, seen: now}
 		if u := g["user"]; u != "" {
 			s.users = map[string]struct{}{u: {}}
 		}
@@ -565,5 +571,5 @@ func (c *mlCache) merge(id string, g groups, now time.Time) (groups, map[string]
 		delete(g, "nofail")
 		delete(g, "mlfgained")
 	}
-	return g, users
+	return g
 }
