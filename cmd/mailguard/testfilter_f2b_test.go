@@ -1,6 +1,7 @@
 package main
 
 import (
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -20,7 +21,21 @@ func TestTestFilterEqualsFail2banRegex(t *testing.T) {
 	}
 	shipped := filepath.Join("..", "..", "logwatch", "filter", "filters")
 	rec := filepath.Join("..", "..", "logwatch", "filter", "testdata")
-	for _, tc := range []struct{ log, filter, mode string }{
+	type run struct{ log, filter, mode string }
+	// fail2ban's own filters, as the package installs them, load unchanged.
+	var debian []run
+	if _, err := os.Stat("/etc/fail2ban/filter.d/postfix.conf"); err == nil {
+		d := "/etc/fail2ban/filter.d"
+		debian = []run{
+			{rec + "/postfix.log", d + "/postfix.conf", "normal"},
+			{rec + "/postfix.log", d + "/postfix.conf", "aggressive"},
+			{rec + "/postscreen.log", d + "/postfix.conf", "ddos"},
+			{rec + "/dovecot.log", d + "/dovecot.conf", "aggressive"},
+			{rec + "/roundcube.log", d + "/roundcube-auth.conf", ""},
+			{rec + "/postfix.log", d + "/sshd.conf", "aggressive"},
+		}
+	}
+	for _, tc := range append(debian, []run{
 		{rec + "/postfix.log", shipped + "/postfix.conf", "normal"},
 		{rec + "/postfix.log", shipped + "/postfix.conf", "aggressive"},
 		{rec + "/postfix.log", shipped + "/postfix.conf", "auth"},
@@ -38,8 +53,8 @@ func TestTestFilterEqualsFail2banRegex(t *testing.T) {
 		{"testdata/f2b/session.log", "testdata/f2b/session.conf", "aggressive"},
 		{"testdata/f2b/dates.log", "testdata/f2b/dates.conf", ""},
 		{"testdata/f2b/buffer.log", "testdata/f2b/buffer.conf", ""},
-	} {
-		name := filepath.Base(tc.log) + "/" + filepath.Base(tc.filter) + "/" + tc.mode
+	}...) {
+		name := filepath.Base(tc.log) + "/" + filepath.Base(filepath.Dir(tc.filter)) + "/" + filepath.Base(tc.filter) + "/" + tc.mode
 		t.Run(name, func(t *testing.T) {
 			arg := tc.filter
 			args := []string{"test-filter", tc.log, tc.filter, "--missed", "0"}
