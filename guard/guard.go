@@ -75,6 +75,11 @@ type Jail struct {
 	// apps through the API (see Report); events of Dovecot and Postfix,
 	// which name no app, then do not count. Empty: events of every source.
 	Apps []string
+	// Logs names the log sources that feed the jail (LogFailure), for
+	// status. A jail with logs that also counts auth-failure counts one
+	// failed login once, though the Dovecot hook reports it and Dovecot
+	// logs it: see onceLedger.
+	Logs []string
 }
 
 func (j *Jail) counts(event, protocol, app string) bool {
@@ -125,6 +130,7 @@ type Guard struct {
 	now      func() time.Time
 
 	rateLogged dedup.Limiter // "rate limit" info lines, one per key per findtime
+	once       onceLedger    // count-once pairing of hook and log reports
 
 	tf      SecondFactor
 	ts      store.TOTPStore // st, when tf is set
@@ -425,6 +431,10 @@ func (g *Guard) event(ctx context.Context, kind string, a netip.Addr, user, prot
 		}
 		s, ok := g.subject(j, a, user)
 		if !ok {
+			continue
+		}
+		if kind == EventAuthFailure && g.countOnce(j) && !g.once.take(j, a, fromHook, g.now()) {
+			g.log.Debug("failure counted once", "jail", j.Name, "key", s, "protocol", protocol, "by", "log")
 			continue
 		}
 		h := g.hit(j, s, kind+" "+strings.ToLower(protocol))
