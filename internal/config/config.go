@@ -39,6 +39,7 @@ type Config struct {
 	Metrics        Metrics         `mapstructure:"metrics" yaml:"metrics"`
 	Recidive       Recidive        `mapstructure:"recidive" yaml:"recidive"`
 	Log            Log             `mapstructure:"log" yaml:"log"`
+	Logwatch       Logwatch        `mapstructure:"logwatch" yaml:"logwatch"`
 	Jails          map[string]Jail `mapstructure:"jails" yaml:"jails"`
 	API            API             `mapstructure:"api" yaml:"api"`
 	Safety         Safety          `mapstructure:"safety" yaml:"safety"`
@@ -147,6 +148,25 @@ type Log struct {
 	Format string `mapstructure:"format" yaml:"format"`
 }
 
+// Logwatch holds what every log source shares.
+type Logwatch struct {
+	// Backlog bounds what a restart reads of the lines written while
+	// mailguard was down (a position or journal cursor older than this is
+	// not resumed from).
+	Backlog Duration `mapstructure:"backlog" yaml:"backlog"`
+}
+
+// LogSource is one entry of jails.NAME.logs: a file (Path) or the journal
+// (Journal, journalctl matches separated by spaces), read through Filter
+// (a shipped filter's name or a filter file's path) in Mode. With both Path
+// and Journal, the file is read when it exists at start, else the journal.
+type LogSource struct {
+	Path    string `mapstructure:"path" yaml:"path,omitempty"`
+	Journal string `mapstructure:"journal" yaml:"journal,omitempty"`
+	Filter  string `mapstructure:"filter" yaml:"filter"`
+	Mode    string `mapstructure:"mode" yaml:"mode,omitempty"`
+}
+
 // Jail is one jail's settings (DESIGN.md §3).
 type Jail struct {
 	Enabled           bool     `mapstructure:"enabled" yaml:"enabled"`
@@ -160,6 +180,8 @@ type Jail struct {
 	Ports             []string `mapstructure:"ports" yaml:"ports"`
 	DistinctPasswords bool     `mapstructure:"distinct_passwords" yaml:"distinct_passwords"`
 	Apps              []string `mapstructure:"apps" yaml:"apps"`
+	// Logs are the log sources whose filter matches count in this jail.
+	Logs []LogSource `mapstructure:"logs" yaml:"logs"`
 }
 
 // Duration is a time.Duration that decodes from Go syntax ("10m", "168h") or
@@ -243,7 +265,7 @@ func Load(file string, overrides []string) (Config, error) {
 	var c Config
 	d, err := mapstructure.NewDecoder(&mapstructure.DecoderConfig{
 		Result: &c, WeaklyTypedInput: true, TagName: "mapstructure",
-		DecodeHook: mapstructure.ComposeDecodeHookFunc(durationHook, intHook, listHook),
+		DecodeHook: mapstructure.ComposeDecodeHookFunc(durationHook, intHook, logsHook, listHook),
 	})
 	if err != nil {
 		return Config{}, fmt.Errorf("config: %w", err)

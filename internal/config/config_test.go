@@ -60,6 +60,29 @@ func TestGoodFile(t *testing.T) {
 	if got := c.Jails["imap-only"].Protocols; len(got) != 1 || got[0] != "imap" {
 		t.Errorf("imap-only protocols = %v", got)
 	}
+	want := []LogSource{{Path: "/var/log/mail.log", Filter: "postfix", Mode: "aggressive"},
+		{Journal: "_SYSTEMD_UNIT=postfix@-.service + SYSLOG_IDENTIFIER=postfix/smtpd", Filter: "../../logwatch/filter/filters/postfix-sasl.conf"}}
+	if got := c.Jails["postfix"].Logs; !slices.Equal(got, want) {
+		t.Errorf("postfix logs = %+v, want %+v (the file's list replaces the default)", got, want)
+	}
+}
+
+// The default postfix jail reads Postfix's log; an empty --set turns it off.
+func TestDefaultPostfixLogs(t *testing.T) {
+	c, err := Load("", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Jails["postfix"].Logs; len(got) != 1 || got[0].Path == "" || got[0].Journal == "" || got[0].Filter != "postfix" {
+		t.Errorf("default postfix logs = %+v, want the mail log, else the journal, through the postfix filter", got)
+	}
+	c, err = Load("", []string{"jails.postfix.logs="})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Jails["postfix"].Logs; len(got) != 0 {
+		t.Errorf("--set jails.postfix.logs= left %+v", got)
+	}
 }
 
 // TestBadFiles loads every testdata/bad/NAME.yaml, one per rule, and wants
@@ -231,6 +254,7 @@ func TestReadmeDefaults(t *testing.T) {
 		{"`dovecot.tarpit.start`, `.base`, `.max`", fmt.Sprintf("`%d`, `%s`, `%s`", def.Dovecot.Tarpit.Start, short(def.Dovecot.Tarpit.Base), short(def.Dovecot.Tarpit.Max))},
 		{"`prefix.ipv4` / `prefix.ipv6`", fmt.Sprintf("`%d` / `%d`", def.Prefix.IPv4, def.Prefix.IPv6)},
 		{"`known_device_ttl`", fmt.Sprintf("`%s`", short(def.KnownDeviceTTL))},
+		{"`logwatch.backlog`", fmt.Sprintf("`%s`", short(def.Logwatch.Backlog))},
 		{"`dovecot.reject_msg`", "`" + def.Dovecot.RejectMsg[:40]},
 		{"`postfix.reject_action`", "`" + def.Postfix.RejectAction[:30]},
 		{"`postfix.defer_action`", "`" + def.Postfix.DeferAction[:30]},

@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"reflect"
 	"slices"
 	"strconv"
@@ -118,6 +119,38 @@ func intHook(from, to reflect.Type, data any) (any, error) {
 	}
 	if x, ok := data.(float64); ok && x != float64(int64(x)) {
 		return nil, &mapstructure.ParseError{Expected: reflect.New(to).Elem(), Value: data, Err: errors.New("not whole")}
+	}
+	return data, nil
+}
+
+var logsType = reflect.TypeOf([]LogSource(nil))
+
+// logsHook checks the entries of jails.NAME.logs before they are decoded:
+// mapstructure would drop a misspelt key silently. A string (from --set
+// or the environment) can only be empty: no logs.
+func logsHook(from, to reflect.Type, data any) (any, error) {
+	if to != logsType {
+		return data, nil
+	}
+	switch x := data.(type) {
+	case string:
+		if strings.TrimSpace(x) == "" {
+			return []LogSource{}, nil
+		}
+		return nil, errors.New("must be a list of {path or journal, filter, mode} entries, written in the config file (an empty value turns the logs off)")
+	case []any:
+		known := []string{"path", "journal", "filter", "mode"}
+		for i, e := range x {
+			m, ok := e.(map[string]any)
+			if !ok {
+				return nil, fmt.Errorf("entry %d: must be a mapping of %s, not %v", i+1, strings.Join(known, ", "), e)
+			}
+			for _, k := range slices.Sorted(maps.Keys(m)) {
+				if !slices.Contains(known, k) {
+					return nil, fmt.Errorf("entry %d: unknown key %q (%s)", i+1, k, strings.Join(known, ", "))
+				}
+			}
+		}
 	}
 	return data, nil
 }

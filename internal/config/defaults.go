@@ -11,6 +11,7 @@ import (
 	"github.com/mailguard/mailguard/enforce"
 	"github.com/mailguard/mailguard/firewall"
 	"github.com/mailguard/mailguard/guard"
+	"github.com/mailguard/mailguard/logwatch"
 	"github.com/mailguard/mailguard/policyd"
 	"github.com/mailguard/mailguard/store/redisstore"
 )
@@ -62,6 +63,7 @@ func Defaults() Config {
 		Log:      Log{Level: "info", Format: "text"},
 		API:      API{Listen: "127.0.0.1:10031", MaxConns: api.DefaultMaxConns},
 		Safety:   Safety{SharedAddress: SharedAddress{MinUsers: guard.DefaultSharedMinUsers, Window: Duration(guard.DefaultSharedWindow)}},
+		Logwatch: Logwatch{Backlog: Duration(logwatch.DefaultBacklog)},
 		Jails: map[string]Jail{
 			"dovecot": {Enabled: true, Events: []string{guard.EventAuthFailure}, Key: string(guard.KeyPrefix), MaxRetry: 5,
 				FindTime: Duration(10 * time.Minute), BanTime: Duration(time.Hour), Action: string(guard.ActionFirewall),
@@ -72,7 +74,9 @@ func Defaults() Config {
 				FindTime: Duration(time.Hour), Action: string(guard.ActionRefuse)},
 			"postfix": {Enabled: true, Events: []string{guard.EventAbuse}, Key: string(guard.KeyPrefix), MaxRetry: 5,
 				FindTime: Duration(10 * time.Minute), BanTime: Duration(time.Hour), Action: string(guard.ActionFirewall),
-				Ports: []string{"smtp", "submission", "smtps"}},
+				Ports: []string{"smtp", "submission", "smtps"},
+				// Postfix's log: the file rsyslog writes, else the journal.
+				Logs: []LogSource{{Path: logwatch.PostfixLog, Journal: logwatch.PostfixJournal, Filter: "postfix"}}},
 		},
 	}
 }

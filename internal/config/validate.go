@@ -1,10 +1,13 @@
 package config
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"maps"
 	"net/netip"
 	"net/url"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strconv"
@@ -13,6 +16,7 @@ import (
 
 	"github.com/mailguard/mailguard/firewall"
 	"github.com/mailguard/mailguard/guard"
+	"github.com/mailguard/mailguard/logwatch/filter"
 )
 
 // Ports maps the service names jails may use to TCP ports.
@@ -216,8 +220,8 @@ func (c *Config) validate() Errors {
 		if !j.Enabled {
 			continue
 		}
-		if len(j.Events) == 0 {
-			bad(k+".events", "must name at least one of %s", strings.Join(events, ", "))
+		if len(j.Events) == 0 && len(j.Logs) == 0 {
+			bad(k+".events", "must name at least one of %s (or the jail must have logs)", strings.Join(events, ", "))
 		}
 		for _, e := range j.Events {
 			if !slices.Contains(events, e) {
@@ -254,6 +258,41 @@ func (c *Config) validate() Errors {
 				bad(k+".apps", "%q is not an app name: 1 to 64 of a-z, 0-9, '.', '_', '-'", a)
 			}
 		}
+		if j.DistinctPasswords && len(j.Logs) > 0 {
+			bad(k+".logs", "a jail counting distinct_passwords cannot take logs: a log line has no password hash")
+		}
+		for i, l := range j.Logs {
+			if msg := l.problem(); msg != "" {
+				bad(k+".logs", "entry %d: %s", i+1, msg)
+			}
+		}
 	}
+	positive("logwatch.backlog", c.Logwatch.Backlog)
 	return errs
+}
+
+// problem says what is wrong with a log source, "" if nothing. The filter
+// is loaded, so a filter file that does not parse, or a mode it lacks, is
+// found by check-config rather than at start.
+func (l LogSource) problem() string {
+	switch {
+	case l.Path == "" && l.Journal == "":
+		return "needs a path (a log file) or a journal (journalctl matches, e.g. _SYSTEMD_UNIT=postfix@-.service)"
+	case l.Path != "" && !filepath.IsAbs(l.Path):
+		return fmt.Sprintf("path %q must be absolute", l.Path)
+	case strings.TrimSpace(l.Filter) == "":
+		return fmt.Sprintf("needs a filter: a shipped one (%s) or the path of a fail2ban filter file", strings.Join(filter.Shipped(), ", "))
+	}
+	for _, m := range strings.Fields(l.Journal) {
+		if m != "+" && !strings.Contains(m, "=") {
+			return fmt.Sprintf("journal match %q is not FIELD=value (or +)", m)
+		}
+	}
+	if _, err := filter.Open(l.Filter, l.Mode, nil); err != nil {
+		if errors.Is(err, fs.ErrNotExist) && !strings.ContainsAny(l.Filter, "/.") {
+			return fmt.Sprintf("no shipped filter %q (one of %s, or the path of a fail2ban filter file)", l.Filter, strings.Join(filter.Shipped(), ", "))
+		}
+		return err.Error()
+	}
+	return ""
 }
