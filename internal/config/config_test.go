@@ -254,7 +254,7 @@ func TestReadmeDefaults(t *testing.T) {
 		{"`dovecot.tarpit.start`, `.base`, `.max`", fmt.Sprintf("`%d`, `%s`, `%s`", def.Dovecot.Tarpit.Start, short(def.Dovecot.Tarpit.Base), short(def.Dovecot.Tarpit.Max))},
 		{"`prefix.ipv4` / `prefix.ipv6`", fmt.Sprintf("`%d` / `%d`", def.Prefix.IPv4, def.Prefix.IPv6)},
 		{"`known_device_ttl`", fmt.Sprintf("`%s`", short(def.KnownDeviceTTL))},
-		{"`logwatch.backlog`", fmt.Sprintf("`%s`", short(def.Logwatch.Backlog))},
+		{"`logwatch.backlog`", fmt.Sprintf("`%s`", strings.TrimSuffix(def.Logwatch.Backlog.String(), "0s"))}, // 10m0s: short would make it 1
 		{"`dovecot.reject_msg`", "`" + def.Dovecot.RejectMsg[:40]},
 		{"`postfix.reject_action`", "`" + def.Postfix.RejectAction[:30]},
 		{"`postfix.defer_action`", "`" + def.Postfix.DeferAction[:30]},
