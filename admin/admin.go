@@ -43,6 +43,10 @@ type JailStatus struct {
 	Banned      []Ban    `json:"banned"`
 	// ByProtocol: failures this node counted per protocol since it started.
 	ByProtocol map[string]int64 `json:"failed_by_protocol,omitempty"`
+	// Logs are the log sources that feed the jail (log:PATH:FILTER,
+	// journal:MATCHES:FILTER); their matches count under their name in
+	// ByProtocol.
+	Logs []string `json:"logs,omitempty"`
 }
 
 // Ban is one ban in a reply.
@@ -186,7 +190,7 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 			Name: j.Name, Key: string(j.Key), Action: string(j.Action), MaxRetry: j.MaxRetry,
 			FindTime: j.FindTime.String(), BanTime: j.BanTime.String(), Events: j.Events, Protocols: j.Protocols,
 			Failing: j.Failing, TotalFailed: j.TotalFailed, TotalBanned: j.TotalBanned, Banned: []Ban{},
-			ByProtocol: j.ByProtocol,
+			ByProtocol: j.ByProtocol, Logs: j.Logs,
 		}
 		for _, b := range j.Banned {
 			js.Banned = append(js.Banned, toBan(b))

@@ -32,6 +32,9 @@ func PrintStatus(w io.Writer, jails []JailStatus, now time.Time) {
 			failed, total = "Currently counted", "Total recipients"
 		}
 		fmt.Fprintf(w, "|- Filter\n|  |- %s:\t%d\n|  |- %s:\t%d\n", failed, j.Failing, total, j.TotalFailed)
+		if len(j.Logs) > 0 {
+			fmt.Fprintf(w, "|  |- Logs:\t%s\n", escape.String(strings.Join(j.Logs, " ")))
+		}
 		fmt.Fprintf(w, "|  `- By protocol:\t%s\n", byProtocol(j.ByProtocol))
 		fmt.Fprintf(w, "`- Actions\n   |- Currently banned:\t%d\n   |- Total banned:\t%d\n", len(j.Banned), j.TotalBanned)
 		var ips, users []string

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"sync"
 	"time"
 
 	"github.com/mailguard/mailguard/internal/listen"
@@ -30,6 +31,9 @@ type Registry struct {
 	storeErrors *prometheus.CounterVec
 	fwErrors    *prometheus.CounterVec
 	fwEntries   prometheus.Gauge
+
+	logOnce sync.Once
+	logs    *logVecs // made when the first log source asks
 }
 
 // New returns a Registry. active, called at scrape time, returns the active
@@ -225,4 +229,56 @@ func (s *Server) Handler() http.Handler {
 		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	}
 	return mux
+}
+
+// Log sources (jails.NAME.logs): lines read per source, filter matches per
+// source and jail, and whether each source is being read. Counters are
+// made on first use and cached by the caller, so that a line costs one
+// atomic add.
+var (
+	logLinesOpts = prometheus.CounterOpts{
+		Name: "mailguard_log_lines_total", Help: "Log lines read, by source (log:PATH or journal:MATCHES).",
+	}
+	logMatchesOpts = prometheus.CounterOpts{
+		Name: "mailguard_log_matches_total", Help: "Log lines a jail's filter matched, by source (log:PATH:FILTER) and jail; counted or not (ignoreip, count-once).",
+	}
+)
+
+// LogLines returns the lines counter of a log source.
+func (r *Registry) LogLines(source string) prometheus.Counter {
+	return r.logVecs().lines.WithLabelValues(source)
+}
+
+// LogMatches returns the matches counter of a filter on a source, for jail.
+func (r *Registry) LogMatches(source, jail string) prometheus.Counter {
+	return r.logVecs().matches.WithLabelValues(source, jail)
+}
+
+// LogSourceUp exports mailguard_log_source_up{source}: 1 while up returns
+// true (the source is being read), else 0; read at scrape time.
+func (r *Registry) LogSourceUp(source string, up func() bool) {
+	r.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "mailguard_log_source_up", Help: "1 while a log source is being read, 0 when it cannot be (missing, unreadable, journalctl not running).",
+		ConstLabels: prometheus.Labels{"source": source},
+	}, func() float64 {
+		if up() {
+			return 1
+		}
+		return 0
+	}))
+}
+
+type logVecs struct {
+	lines, matches *prometheus.CounterVec
+}
+
+func (r *Registry) logVecs() *logVecs {
+	r.logOnce.Do(func() {
+		r.logs = &logVecs{
+			lines:   prometheus.NewCounterVec(logLinesOpts, []string{"source"}),
+			matches: prometheus.NewCounterVec(logMatchesOpts, []string{"source", "jail"}),
+		}
+		r.reg.MustRegister(r.logs.lines, r.logs.matches)
+	})
+	return r.logs
 }

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"sync"
@@ -56,8 +57,9 @@ func newLogger(c config.Log) *slog.Logger {
 	return slog.New(slog.NewTextHandler(os.Stderr, opts))
 }
 
-// jails turns the enabled jails of c into guard's, sorted by name.
-func jails(c config.Config) []guard.Jail {
+// jails turns the enabled jails of c into guard's, sorted by name; logs
+// names each jail's log feeds (planLogs).
+func jails(c config.Config, logs map[string][]string) []guard.Jail {
 	var out []guard.Jail
 	for _, name := range slices.Sorted(maps.Keys(c.Jails)) {
 		j := c.Jails[name]
@@ -67,7 +69,7 @@ func jails(c config.Config) []guard.Jail {
 		gj := guard.Jail{
 			Name: name, Events: j.Events, Protocols: j.Protocols, Key: guard.Key(j.Key),
 			MaxRetry: j.MaxRetry, FindTime: j.FindTime.D(), BanTime: j.BanTime.D(),
-			Action: guard.Action(j.Action), DistinctPasswords: j.DistinctPasswords, Apps: j.Apps,
+			Action: guard.Action(j.Action), DistinctPasswords: j.DistinctPasswords, Apps: j.Apps, Logs: logs[name],
 		}
 		for _, p := range j.Ports {
 			n, _ := config.ParsePort(p) // validated
@@ -114,6 +116,11 @@ func serve(ctx context.Context, c config.Config, log *slog.Logger) error {
 	}
 	defer st.Close()
 
+	plan, err := planLogs(c, exec.LookPath)
+	if err != nil {
+		return &exitError{exitUsage, err}
+	}
+
 	var g *guard.Guard
 	reg := metrics.New(func(ctx context.Context) (map[string]int, error) {
 		bans, err := st.Bans(ctx)
@@ -130,7 +137,7 @@ func serve(ctx context.Context, c config.Config, log *slog.Logger) error {
 		return m, nil
 	})
 	g, err = guard.New(st, guard.Config{
-		Jails: jails(c), Ignore: ignore, Prefixes: guard.Prefixes{IPv4: c.Prefix.IPv4, IPv6: c.Prefix.IPv6},
+		Jails: jails(c, plan.byJail), Ignore: ignore, Prefixes: guard.Prefixes{IPv4: c.Prefix.IPv4, IPv6: c.Prefix.IPv6},
 		Recidive:       store.Recidive{Window: c.Recidive.Window.D(), Factor: c.Recidive.Factor, MaxTime: c.Recidive.MaxTime.D()},
 		KnownDeviceTTL: c.KnownDeviceTTL.D(), Log: log, Metrics: reg,
 		Shared: guard.SharedRule{MinUsers: c.Safety.SharedAddress.MinUsers, Window: c.Safety.SharedAddress.Window.D()},
@@ -164,7 +171,8 @@ func serve(ctx context.Context, c config.Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	ms := &metrics.Server{Registry: reg, Health: health(st), Pprof: c.Metrics.Pprof, Log: log.With("frontend", "metrics")}
+	lw := &logRunner{plan: plan, g: g, log: log.With("frontend", "logs"), timeout: c.Store.Timeout.D(), metrics: regLogMetrics{reg}}
+	ms := &metrics.Server{Registry: reg, Health: joinHealth(health(st), lw.health), Pprof: c.Metrics.Pprof, Log: log.With("frontend", "metrics")}
 
 	// Bind every listener before serving: a taken port stops the start
 	// with a clear error instead of a half-running daemon.
@@ -229,6 +237,8 @@ func serve(ctx context.Context, c config.Config, log *slog.Logger) error {
 		closeAll()
 		return err
 	}
+	countOnceNotes(c, log)
+	lw.start(ctx, c.StateDir)
 	run("postfix.listen", func() error { return pf.Serve(pfL) })
 	run("dovecot.listen", func() error { return dv.Serve(dvL) })
 	run("admin.socket", func() error { return adm.Serve(adminL) })
@@ -243,7 +253,7 @@ func serve(ctx context.Context, c config.Config, log *slog.Logger) error {
 
 	log.Info("mailguard started", "version", Version, "postfix", c.Postfix.Listen, "dovecot", c.Dovecot.Listen,
 		"admin", c.Admin.Socket, "metrics", c.Metrics.Listen, "store", c.Store.Backend, "state_dir", c.StateDir,
-		"firewall", c.Firewall.Backend, "jails", len(g.Jails()), "api", apiAddr)
+		"firewall", c.Firewall.Backend, "jails", len(g.Jails()), "api", apiAddr, "log_sources", len(plan.sources))
 	<-ctx.Done()
 	cause := context.Cause(ctx)
 	log.Info("mailguard stopping", "reason", cause)
@@ -255,6 +265,7 @@ func serve(ctx context.Context, c config.Config, log *slog.Logger) error {
 	fe.Go(func() { dv.Shutdown(stopCtx) })
 	fe.Wait()
 	stopCancel()
+	lw.stop()
 	adm.Close()
 	ms.Close()
 	if apiSrv != nil {
@@ -316,6 +327,18 @@ func health(st store.Store) func(context.Context) error {
 			return fmt.Errorf("store: %w", err)
 		}
 		return nil
+	}
+}
+
+// joinHealth is the first error of the checks that are not nil.
+func joinHealth(store func(context.Context) error, logs func() error) func(context.Context) error {
+	return func(ctx context.Context) error {
+		if store != nil {
+			if err := store(ctx); err != nil {
+				return err
+			}
+		}
+		return logs()
 	}
 }
 
