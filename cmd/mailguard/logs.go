@@ -256,7 +256,7 @@ func (r *logRunner) line(ctx context.Context, s *logSource, l logwatch.Line) {
 // regLogMetrics adapts metrics.Registry.
 type regLogMetrics struct{ r *metrics.Registry }
 
-func (m regLogMetrics) logLines(source string) counter        { return m.r.LogLines(source) }
+func (m regLogMetrics) logLines(source string) counter         { return m.r.LogLines(source) }
 func (m regLogMetrics) logMatches(source, jail string) counter { return m.r.LogMatches(source, jail) }
 func (m regLogMetrics) logSourceUp(source string, up func() bool) {
 	m.r.LogSourceUp(source, up)

@@ -120,8 +120,10 @@ func (m *fakeLogMetrics) c(name string) *fakeCounter {
 	}
 	return m.counters[name]
 }
-func (m *fakeLogMetrics) logLines(source string) counter        { return m.c("lines " + source) }
-func (m *fakeLogMetrics) logMatches(source, jail string) counter { return m.c("matches " + source + " " + jail) }
+func (m *fakeLogMetrics) logLines(source string) counter { return m.c("lines " + source) }
+func (m *fakeLogMetrics) logMatches(source, jail string) counter {
+	return m.c("matches " + source + " " + jail)
+}
 func (m *fakeLogMetrics) logSourceUp(source string, up func() bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
