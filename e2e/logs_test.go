@@ -161,3 +161,40 @@ func TestLogRestartCountsOnce(t *testing.T) {
 		t.Errorf("after a restart: %d failures counted, %d bans; want 2 (the line written while down and the new one), no ban", st.TotalFailed, len(st.Banned))
 	}
 }
+
+// A jail fed by the Dovecot hook and by Dovecot's own log (the shipped
+// dovecot filter) counts each failed login once: the real Dovecot reports
+// it to the hook and logs it, and the log match pairs with the report.
+func TestDovecotHookAndLogCountOnce(t *testing.T) {
+	d := NewDaemon(t, "jails.dovecot.maxretry=10")
+	// Dovecot first (it allows while mailguard is not up yet): its log path
+	// goes into the daemon's config.
+	dv := StartDovecot(t, "http://"+d.Dovecot+"/", DovecotOptions{})
+	jailLogs(t, d, "dovecot", dv.Log, "dovecot")
+	d.Start()
+	if !strings.Contains(d.Log(), `msg="count once:`) || !strings.Contains(d.Log(), "jail=dovecot") {
+		t.Errorf("the daemon did not say how the dovecot jail counts once:\n%s", d.Log())
+	}
+	const attacker, logins = "127.0.0.2", 3
+	for i := range logins {
+		if r := imapLogin(t, dv.IMAP, attacker, testUser, "wrong"); !strings.HasPrefix(r, "a1 NO") {
+			t.Fatalf("wrong password %d = %q", i+1, r)
+		}
+	}
+	// Wait for Dovecot's log lines to be matched, then for the counts.
+	deadline := time.Now().Add(20 * time.Second)
+	for metricSum(t, d.Metrics, "mailguard_log_matches_total", `jail="dovecot"`) < logins {
+		if time.Now().After(deadline) {
+			b, _ := os.ReadFile(dv.Log)
+			t.Fatalf("the dovecot filter matched fewer than %d lines of Dovecot's log:\n%s", logins, b)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	st := statusOf(t, d, "dovecot")
+	if st.TotalFailed != logins {
+		t.Errorf("dovecot jail counted %d failures for %d failed logins (by protocol %v), want each once", st.TotalFailed, logins, st.ByProtocol)
+	}
+	if st.ByProtocol["imap"] != logins {
+		t.Errorf("by protocol %v, want imap %d (the hook's reports; the log matches paired with them)", st.ByProtocol, logins)
+	}
+}
