@@ -198,3 +198,25 @@ func TestDovecotHookAndLogCountOnce(t *testing.T) {
 		t.Errorf("by protocol %v, want imap %d (the hook's reports; the log matches paired with them)", st.ByProtocol, logins)
 	}
 }
+
+// A log source that cannot be read says so at start and in /healthz, and
+// the daemon runs on.
+func TestLogSourceUnreadable(t *testing.T) {
+	d := NewDaemon(t)
+	dir := t.TempDir() // a directory, not a log file
+	jailLogs(t, d, "postfix", dir, "postfix")
+	d.Start()
+	if !strings.Contains(d.Log(), `msg="log source cannot be read"`) || !strings.Contains(d.Log(), "source=log:"+dir) {
+		t.Errorf("the start did not say that %s cannot be read:\n%s", dir, d.Log())
+	}
+	code, body := healthz(t, d.Metrics)
+	if code != 503 || !strings.Contains(body, "degraded: log:"+dir) {
+		t.Errorf("/healthz = %d %q, want 503 naming log:%s", code, body, dir)
+	}
+	if n := metricSum(t, d.Metrics, "mailguard_log_source_up", `source="log:`+dir+`"`); n != 0 {
+		t.Errorf("mailguard_log_source_up = %v, want 0", n)
+	}
+	if r, err := d.CLI("status", "postfix"); err != nil || !strings.Contains(r, "Logs:\tlog:"+dir+":postfix") {
+		t.Errorf("status postfix: %v\n%s", err, r)
+	}
+}
