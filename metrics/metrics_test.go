@@ -164,3 +164,32 @@ func TestServeBoundsConnections(t *testing.T) {
 		t.Errorf("a request with unfinished headers was not closed")
 	}
 }
+
+func TestLogSourceMetrics(t *testing.T) {
+	r := New(nil)
+	r.LogLines("log:/var/log/mail.log").Inc()
+	r.LogLines("log:/var/log/mail.log").Inc()
+	r.LogMatches("log:/var/log/mail.log:postfix", "postfix").Inc()
+	up := false
+	r.LogSourceUp("log:/var/log/mail.log", func() bool { return up })
+	s := &Server{Registry: r}
+	for _, tc := range []struct {
+		up   bool
+		want []string
+	}{
+		{false, []string{
+			`mailguard_log_lines_total{source="log:/var/log/mail.log"} 2`,
+			`mailguard_log_matches_total{jail="postfix",source="log:/var/log/mail.log:postfix"} 1`,
+			`mailguard_log_source_up{source="log:/var/log/mail.log"} 0`,
+		}},
+		{true, []string{`mailguard_log_source_up{source="log:/var/log/mail.log"} 1`}},
+	} {
+		up = tc.up
+		_, body := get(t, s.Handler(), "/metrics")
+		for _, w := range tc.want {
+			if !strings.Contains(body, w+"\n") {
+				t.Errorf("/metrics lacks %s", w)
+			}
+		}
+	}
+}
