@@ -18,6 +18,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/mailguard/mailguard/internal/dedup"
 )
 
 // journalRestart is how long a journalctl that exited waits to be started
@@ -144,6 +146,7 @@ type journalRun struct {
 	now     func() time.Time
 	cursor  string
 	saved   string
+	tooLong dedup.Limiter
 }
 
 func (jr *journalRun) run(ctx context.Context) {
@@ -213,7 +216,10 @@ func (jr *journalRun) read(r *bufio.Reader) error {
 	for {
 		raw, err := readLimited(r, maxRaw)
 		if errors.Is(err, errTooLong) {
-			jr.log.Warn("logwatch: journal entry too long, skipped", "limit", maxRaw)
+			// A client can make Postfix log long lines: one line per 5 s.
+			if ok, n := jr.tooLong.Allow("too-long", jr.now()); ok {
+				jr.log.Warn("logwatch: journal entry too long, skipped", "limit", maxRaw, "suppressed", n)
+			}
 			continue
 		}
 		if err != nil {
