@@ -234,7 +234,7 @@ func (c *Config) validate() Errors {
 		}
 		atLeast1(k+".maxretry", j.MaxRetry, "")
 		positive(k+".findtime", j.FindTime)
-		rateOnly := len(j.Events) > 0 && !slices.ContainsFunc(j.Events, func(e string) bool { return e != guard.EventRecipient })
+		rateOnly := len(j.Logs) == 0 && len(j.Events) > 0 && !slices.ContainsFunc(j.Events, func(e string) bool { return e != guard.EventRecipient })
 		if j.BanTime.D() <= 0 && !rateOnly {
 			bad(k+".bantime", "must be positive (only a jail counting %s alone may have no bantime: it defers while over)", guard.EventRecipient)
 		}
