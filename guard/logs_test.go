@@ -6,6 +6,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/mailguard/mailguard/store/memstore"
 )
 
 var postfixLogJail = Jail{Name: "postfix", Events: []string{EventAbuse}, Key: KeyPrefix, MaxRetry: 3,
@@ -150,5 +152,30 @@ func TestOnceLedgerBounded(t *testing.T) {
 	}
 	if n := len(l.m["j|192.0.2.1"].times); n != maxOnceTimes {
 		t.Errorf("one address holds %d reports, want %d", n, maxOnceTimes)
+	}
+}
+
+// Log matches from a shared address count but never ban it in a jail keyed
+// by address, as hook events do.
+func TestLogFailureSharedAddress(t *testing.T) {
+	clk := &clock{t: time.Now()}
+	st, err := memstore.Open(memstore.Options{Now: clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	g := sharedGuard(t, st, clk, postfixLogJail)
+	ctx := context.Background()
+	web := netip.MustParseAddr("203.0.113.80")
+	for _, u := range []string{"alice@example.org", "bob@example.org", "carol@example.org"} {
+		if err := g.Succeed(ctx, web, u); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 2 * postfixLogJail.MaxRetry {
+		bans, counted, err := g.LogFailure(ctx, "postfix", web, "", "log:/var/log/mail.log:postfix")
+		if err != nil || !counted || len(bans) > 0 {
+			t.Fatalf("LogFailure #%d from a shared address = %v, %v, %v; want counted, no ban", i+1, bans, counted, err)
+		}
 	}
 }
