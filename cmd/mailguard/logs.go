@@ -33,20 +33,12 @@ type logGuard interface {
 }
 
 // examiner is what a feed needs of a filter: a line in, the failures it
-// reports out. A fail2ban filter examines one line at a time; a multi-line
-// filter (<F-MLFID>) keeps state per source and reports a failure when a
-// later line completes it. Each feed has its own examiner.
+// completes out. A single-line filter reports a line's own failure; a
+// multi-line filter (<F-MLFID>, maxlines) keeps state per source and
+// reports a failure when a later line completes it, so each feed has its
+// own examiner (a *filter.Tracker), used from its source's goroutine only.
 type examiner interface {
-	Lines(text string, found func(filter.Result))
-}
-
-// singleLine examines each line alone.
-type singleLine struct{ f *filter.Filter }
-
-func (s singleLine) Lines(text string, found func(filter.Result)) {
-	if r, ok := s.f.Match(text); ok {
-		found(r)
-	}
+	Line(text string, now time.Time) []filter.Failure
 }
 
 // counter is the one method the wiring uses of a Prometheus counter.
@@ -139,7 +131,7 @@ func planLogs(c config.Config, lookPath func(string) (string, error)) (*logPlan,
 				label += "[mode=" + l.Mode + "]"
 			}
 			key := guard.Key(j.Key)
-			s.feeds = append(s.feeds, &logFeed{jail: jn, label: label, ex: singleLine{f}, user: key == guard.KeyUser || key == guard.KeyUserPrefix})
+			s.feeds = append(s.feeds, &logFeed{jail: jn, label: label, ex: f.NewTracker(), user: key == guard.KeyUser || key == guard.KeyUserPrefix})
 			p.byJail[jn] = append(p.byJail[jn], label)
 		}
 	}
@@ -229,7 +221,7 @@ func (r *logRunner) line(ctx context.Context, s *logSource, l logwatch.Line) {
 	}
 	text := string(l.Text)
 	for _, f := range s.feeds {
-		f.ex.Lines(text, func(res filter.Result) {
+		for _, res := range f.ex.Line(text, r.now()) {
 			f.matches.Inc()
 			user := ""
 			if f.user {
@@ -246,10 +238,10 @@ func (r *logRunner) line(ctx context.Context, s *logSource, l logwatch.Line) {
 				if ok, n := r.errLog.Allow(s.name, r.now()); ok {
 					r.log.Warn("log match not counted", "source", f.label, "jail", f.jail, "err", err, "suppressed", n)
 				}
-				return
+				continue
 			}
 			r.log.Debug("log match", "source", f.label, "jail", f.jail, "remote", res.Host, "counted", counted)
-		})
+		}
 	}
 }
 

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -219,4 +220,47 @@ func (w lockedWriter) Write(p []byte) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.b.Write(p)
+}
+
+// A jail whose filter file is multi-line (<F-MLFID>) gets the address from
+// the session's earlier line: each source's feed keeps a Tracker.
+func TestLogRunnerMultiLine(t *testing.T) {
+	dir := t.TempDir()
+	app := filepath.Join(dir, "app.log")
+	os.WriteFile(app, nil, 0o644)
+	filterFile := filepath.Join(dir, "app.conf")
+	os.WriteFile(filterFile, []byte(`[Definition]
+prefregex = ^\s*app: session <F-MLFID>\d+</F-MLFID>: <F-CONTENT>.+</F-CONTENT>$
+failregex = ^<F-NOFAIL>connect</F-NOFAIL> from <ADDR>$
+            ^auth failed user=<F-USER>\S+</F-USER>$
+datepattern = {^LN-BEG}
+`), 0o644)
+	c := config.Defaults()
+	c.StateDir = filepath.Join(dir, "state")
+	c.Jails = map[string]config.Jail{"app": {Enabled: true, Key: "user", MaxRetry: 3, FindTime: config.Duration(time.Hour),
+		BanTime: config.Duration(time.Hour), Action: "refuse", Logs: []config.LogSource{{Path: app, Filter: filterFile}}}}
+	p, err := planLogs(c, func(string) (string, error) { return "", errors.New("no") })
+	if err != nil {
+		t.Fatal(err)
+	}
+	fg := &fakeLogGuard{}
+	r := &logRunner{plan: p, g: fg, timeout: time.Second, metrics: &fakeLogMetrics{},
+		log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	r.start(ctx, c.StateDir)
+	defer r.stop()
+	f, _ := os.OpenFile(app, os.O_APPEND|os.O_WRONLY, 0)
+	f.WriteString("Nov 29 09:00:00 app: session 7: connect from 192.0.2.7\n" +
+		"Nov 29 09:00:01 app: session 8: connect from 192.0.2.8\n" +
+		"Nov 29 09:00:02 app: session 7: auth failed user=bob\n")
+	f.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for len(fg.got()) < 1 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	want := []logCall{{"app", "192.0.2.7", "bob", "log:" + app + ":" + filterFile}}
+	if got := fg.got(); !slices.Equal(got, want) {
+		t.Fatalf("guard calls = %+v, want %+v", got, want)
+	}
 }
