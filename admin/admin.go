@@ -92,7 +92,11 @@ const (
 // fields before Serve.
 type Server struct {
 	Guard Guard
-	Log   *slog.Logger // nil: slog.Default()
+	// TOTP serves the totp commands; nil: they answer CodeDisabled.
+	TOTP TOTP
+	// TOTPURL is totp.url, the approval page: enrolment links are under it.
+	TOTPURL string
+	Log     *slog.Logger // nil: slog.Default()
 	// MaxConns caps the open connections: at the cap the connection idle the
 	// longest is closed to make room. Zero: DefaultMaxConns.
 	MaxConns int
@@ -146,6 +150,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /ban", s.ban)
 	mux.HandleFunc("POST /unban", s.unban)
 	mux.HandleFunc("GET /shared", s.shared)
+	s.totpRoutes(mux)
 	return mux
 }
 
@@ -206,11 +211,15 @@ func toBan(b store.Ban) Ban {
 
 func decode(w http.ResponseWriter, r *http.Request) (banRequest, bool) {
 	var req banRequest
-	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096)).Decode(&req); err != nil {
+	return req, decodeInto(w, r, &req)
+}
+
+func decodeInto(w http.ResponseWriter, r *http.Request, v any) bool {
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096)).Decode(v); err != nil {
 		fail(w, http.StatusBadRequest, CodeInvalid, fmt.Errorf("bad request: %w", err))
-		return req, false
+		return false
 	}
-	return req, true
+	return true
 }
 
 func (s *Server) ban(w http.ResponseWriter, r *http.Request) {

@@ -17,6 +17,7 @@
 package totp
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -187,14 +188,19 @@ func norm(user string) string { return guard.NormUser(user) }
 
 // PrefixOf returns the trust prefix of a client address (IPv4 /24, IPv6 /56
 // by default): what an approval covers.
-func (s *Service) PrefixOf(a netip.Addr) netip.Prefix {
+func (s *Service) PrefixOf(a netip.Addr) netip.Prefix { return s.bits.Of(a) }
+
+// Of returns the trust prefix of a: its IPv4 or IPv6 prefix of p's length
+// (a zero field: DefaultTrustPrefix's). guard is given it before the
+// Service exists (the Service needs guard's totp jail).
+func (p Prefixes) Of(a netip.Addr) netip.Prefix {
 	a = guard.Canon(a)
-	bits := s.bits.IPv6
+	bits := cmp.Or(p.IPv6, DefaultTrustPrefix.IPv6)
 	if a.Is4() {
-		bits = s.bits.IPv4
+		bits = cmp.Or(p.IPv4, DefaultTrustPrefix.IPv4)
 	}
-	p, _ := a.Prefix(bits)
-	return p
+	pr, _ := a.Prefix(bits)
+	return pr
 }
 
 // TrustPrefixOf turns an address or prefix typed by an administrator into a

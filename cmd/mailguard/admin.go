@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -48,6 +49,7 @@ func statusCmd(g *globals) *cobra.Command {
 				if sh, err := c.Shared(cmd.Context()); err == nil {
 					admin.PrintShared(cmd.OutOrStdout(), sh)
 				}
+				return printTOTPStatus(cmd, c)
 			}
 			return nil
 		},
@@ -124,4 +126,18 @@ func checkConfigCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	}
+}
+
+// printTOTPStatus adds the TOTP line to status when TOTP is on.
+func printTOTPStatus(cmd *cobra.Command, c *admin.Client) error {
+	ts, err := c.TOTPStatus(cmd.Context())
+	var ae *admin.APIError
+	if errors.As(err, &ae) && ae.Code == admin.CodeDisabled {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(cmd.OutOrStdout(), "TOTP: %d user(s) enrolled, %d approved device(s) active\n", ts.Enrolled, ts.Approvals)
+	return nil
 }

@@ -140,8 +140,18 @@ func serve(ctx context.Context, c config.Config, log *slog.Logger) error {
 		Jails: jails(c, plan.byJail), Ignore: ignore, Prefixes: guard.Prefixes{IPv4: c.Prefix.IPv4, IPv6: c.Prefix.IPv6},
 		Recidive:       store.Recidive{Window: c.Recidive.Window.D(), Factor: c.Recidive.Factor, MaxTime: c.Recidive.MaxTime.D()},
 		KnownDeviceTTL: c.KnownDeviceTTL.D(), Log: log, Metrics: reg,
-		Shared: guard.SharedRule{MinUsers: c.Safety.SharedAddress.MinUsers, Window: c.Safety.SharedAddress.Window.D()},
+		Shared:       guard.SharedRule{MinUsers: c.Safety.SharedAddress.MinUsers, Window: c.Safety.SharedAddress.Window.D()},
+		SecondFactor: secondFactor(c),
 	})
+	if err != nil {
+		return err
+	}
+	// TOTP (totp.go): nil when totp.enabled is false.
+	tsvc, err := openTOTP(ctx, c, st, g, log)
+	if err != nil {
+		return err
+	}
+	pages, err := totpPages(tsvc, c, log)
 	if err != nil {
 		return err
 	}
@@ -160,9 +170,9 @@ func serve(ctx context.Context, c config.Config, log *slog.Logger) error {
 	}
 	dv := &authhook.Server{
 		Guard: dovecotGuard{g}, APIHeader: apiHeader, RejectMsg: c.Dovecot.RejectMsg,
-		RejectUserMsg: c.Dovecot.RejectMsgUser,
-		Tarpit:        authhook.Tarpit{Start: c.Dovecot.Tarpit.Start, Base: c.Dovecot.Tarpit.Base.D(), Max: c.Dovecot.Tarpit.Max.D()},
-		FailOpen:      failOpen, Timeout: c.Store.Timeout.D(), MaxConns: c.Dovecot.MaxConns,
+		RejectUserMsg: c.Dovecot.RejectMsgUser, SecondFactorMsg: c.TOTPRejectMsg(),
+		Tarpit:   authhook.Tarpit{Start: c.Dovecot.Tarpit.Start, Base: c.Dovecot.Tarpit.Base.D(), Max: c.Dovecot.Tarpit.Max.D()},
+		FailOpen: failOpen, Timeout: c.Store.Timeout.D(), MaxConns: c.Dovecot.MaxConns,
 		ReadTimeout: c.Dovecot.Timeout.D(),
 		Log:         log.With("frontend", "dovecot"), Metrics: metrics.Frontend{R: reg, Name: "dovecot"},
 	}
@@ -173,6 +183,9 @@ func serve(ctx context.Context, c config.Config, log *slog.Logger) error {
 	}
 	lw := &logRunner{plan: plan, g: g, log: log.With("frontend", "logs"), timeout: c.Store.Timeout.D(), metrics: regLogMetrics{reg}}
 	ms := &metrics.Server{Registry: reg, Health: joinHealth(health(st), lw.health), Pprof: c.Metrics.Pprof, Log: log.With("frontend", "metrics")}
+	if tsvc != nil {
+		adm.TOTP, adm.TOTPURL = tsvc, c.TOTP.URL
+	}
 
 	// Bind every listener before serving: a taken port stops the start
 	// with a clear error instead of a half-running daemon.
@@ -204,6 +217,12 @@ func serve(ctx context.Context, c config.Config, log *slog.Logger) error {
 	adminL, err := bind("admin.socket", func() (net.Listener, error) { return admin.Listen(c.Admin.Socket) })
 	if err != nil {
 		return err
+	}
+	var pagesL net.Listener
+	if pages != nil {
+		if pagesL, err = bind("totp.listen", func() (net.Listener, error) { return listen.Listen(c.TOTP.Listen, 0o660, "") }); err != nil {
+			return err
+		}
 	}
 	var metricsL net.Listener
 	if c.Metrics.Listen != "" {
@@ -250,6 +269,9 @@ func serve(ctx context.Context, c config.Config, log *slog.Logger) error {
 		apiAddr = c.API.Listen
 		run("api.listen", func() error { return apiSrv.Serve(apiL) })
 	}
+	if pagesL != nil {
+		run("totp.listen", func() error { return pages.Serve(pagesL) })
+	}
 
 	log.Info("mailguard started", "version", Version, "postfix", c.Postfix.Listen, "dovecot", c.Dovecot.Listen,
 		"admin", c.Admin.Socket, "metrics", c.Metrics.Listen, "store", c.Store.Backend, "state_dir", c.StateDir,
@@ -270,6 +292,9 @@ func serve(ctx context.Context, c config.Config, log *slog.Logger) error {
 	ms.Close()
 	if apiSrv != nil {
 		apiSrv.Close()
+	}
+	if pages != nil {
+		pages.Close()
 	}
 	if stopFW != nil {
 		stopFW()
@@ -349,4 +374,12 @@ type dovecotGuard struct{ *guard.Guard }
 func (d dovecotGuard) Check(ctx context.Context, a netip.Addr, user string) (authhook.CheckResult, error) {
 	v, err := d.CheckLogin(ctx, a, user)
 	return authhook.CheckResult{Refused: v.Refused, Banned: v.Banned, ByUser: v.ByUser, Failures: v.Failures, UserFailures: v.UserFailures}, err
+}
+
+// CheckAfterAuth is Dovecot's after-auth check: with totp.enabled it also
+// refuses an enrolled user from an unapproved device.
+func (d dovecotGuard) CheckAfterAuth(ctx context.Context, a netip.Addr, user, protocol string) (authhook.CheckResult, error) {
+	v, err := d.Guard.CheckAfterAuth(ctx, a, user, protocol)
+	return authhook.CheckResult{Refused: v.Refused, Banned: v.Banned, ByUser: v.ByUser, Failures: v.Failures,
+		UserFailures: v.UserFailures, SecondFactor: v.SecondFactor}, err
 }

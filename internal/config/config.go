@@ -11,6 +11,7 @@ package config
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strconv"
@@ -43,6 +44,7 @@ type Config struct {
 	Jails          map[string]Jail `mapstructure:"jails" yaml:"jails"`
 	API            API             `mapstructure:"api" yaml:"api"`
 	Safety         Safety          `mapstructure:"safety" yaml:"safety"`
+	TOTP           TOTP            `mapstructure:"totp" yaml:"totp"`
 }
 
 // API is the HTTP API for web apps and nginx auth_request (package api).
@@ -64,6 +66,34 @@ type Safety struct {
 type SharedAddress struct {
 	MinUsers int      `mapstructure:"min_users" yaml:"min_users"`
 	Window   Duration `mapstructure:"window" yaml:"window"`
+}
+
+// TOTP is the second factor for mail logins (package totp).
+type TOTP struct {
+	Enabled bool   `mapstructure:"enabled" yaml:"enabled"`
+	Listen  string `mapstructure:"listen" yaml:"listen"`
+	// KeyFile holds the key that seals the secrets; empty: state_dir/totp.key.
+	KeyFile        string   `mapstructure:"key_file" yaml:"key_file"`
+	Issuer         string   `mapstructure:"issuer" yaml:"issuer"`
+	TrustTTL       Duration `mapstructure:"trust_ttl" yaml:"trust_ttl"`
+	TrustPrefix    Prefix   `mapstructure:"trust_prefix" yaml:"trust_prefix"`
+	PendingTTL     Duration `mapstructure:"pending_ttl" yaml:"pending_ttl"`
+	RejectMsg      string   `mapstructure:"reject_msg" yaml:"reject_msg"`
+	TrustedProxies []string `mapstructure:"trusted_proxies" yaml:"trusted_proxies"`
+	URL            string   `mapstructure:"url" yaml:"url"`
+}
+
+// TOTPKeyFile returns totp.key_file, or its default under state_dir.
+func (c Config) TOTPKeyFile() string {
+	if c.TOTP.KeyFile != "" {
+		return c.TOTP.KeyFile
+	}
+	return filepath.Join(c.StateDir, "totp.key")
+}
+
+// TOTPRejectMsg is totp.reject_msg with {url} replaced by totp.url.
+func (c Config) TOTPRejectMsg() string {
+	return strings.ReplaceAll(c.TOTP.RejectMsg, "{url}", c.TOTP.URL)
 }
 
 type Prefix struct {

@@ -14,7 +14,11 @@ import (
 	"github.com/mailguard/mailguard/logwatch"
 	"github.com/mailguard/mailguard/policyd"
 	"github.com/mailguard/mailguard/store/redisstore"
+	"github.com/mailguard/mailguard/totp"
 )
+
+// DefaultTOTPRejectMsg is totp.reject_msg's default; {url} is totp.url.
+const DefaultTOTPRejectMsg = "New device: approve it with your authenticator code at {url} then log in again."
 
 // Defaults returns the built-in configuration: what `mailguard serve` runs
 // with no file. Paths depend on whether we run as root. A value that a
@@ -64,6 +68,12 @@ func Defaults() Config {
 		API:      API{Listen: "127.0.0.1:10031", MaxConns: api.DefaultMaxConns},
 		Safety:   Safety{SharedAddress: SharedAddress{MinUsers: guard.DefaultSharedMinUsers, Window: Duration(guard.DefaultSharedWindow)}},
 		Logwatch: Logwatch{Backlog: Duration(logwatch.DefaultBacklog)},
+		TOTP: TOTP{
+			Listen: "127.0.0.1:10032", Issuer: totp.DefaultIssuer, TrustTTL: Duration(totp.DefaultTrustTTL),
+			TrustPrefix: Prefix{IPv4: totp.DefaultTrustPrefix.IPv4, IPv6: totp.DefaultTrustPrefix.IPv6},
+			PendingTTL:  Duration(guard.DefaultPendingTTL), RejectMsg: DefaultTOTPRejectMsg,
+			TrustedProxies: []string{"127.0.0.1", "::1"},
+		},
 		Jails: map[string]Jail{
 			"dovecot": {Enabled: true, Events: []string{guard.EventAuthFailure}, Key: string(guard.KeyPrefix), MaxRetry: 5,
 				FindTime: Duration(10 * time.Minute), BanTime: Duration(time.Hour), Action: string(guard.ActionFirewall),

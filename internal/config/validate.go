@@ -209,6 +209,7 @@ func (c *Config) validate() Errors {
 		bad("safety.shared_address.min_users", "must be 0 (off) or at least 2, not %d (1 would spare every address anyone logged in from)", n)
 	}
 	positive("safety.shared_address.window", c.Safety.SharedAddress.Window)
+	c.validateTOTP(bad, oneLine, positive)
 
 	events := guard.Events()
 	for _, n := range slices.Sorted(maps.Keys(c.Jails)) {
@@ -295,4 +296,38 @@ func (l LogSource) problem() string {
 		return err.Error()
 	}
 	return ""
+}
+
+// validateTOTP checks the totp.* keys (each rule has its bad file too).
+func (c *Config) validateTOTP(bad func(key, format string, a ...any), oneLine func(key, v string), positive func(key string, d Duration)) {
+	t := c.TOTP
+	if t.TrustPrefix.IPv4 < 8 || t.TrustPrefix.IPv4 > 32 {
+		bad("totp.trust_prefix.ipv4", "must be between 8 and 32, not %d", t.TrustPrefix.IPv4)
+	}
+	if t.TrustPrefix.IPv6 < 16 || t.TrustPrefix.IPv6 > 128 {
+		bad("totp.trust_prefix.ipv6", "must be between 16 and 128, not %d", t.TrustPrefix.IPv6)
+	}
+	positive("totp.trust_ttl", t.TrustTTL)
+	positive("totp.pending_ttl", t.PendingTTL)
+	oneLine("totp.reject_msg", t.RejectMsg)
+	if !strings.Contains(t.RejectMsg, "{url}") {
+		bad("totp.reject_msg", "must name the approval page with {url} (replaced by totp.url)")
+	}
+	oneLine("totp.issuer", t.Issuer)
+	if strings.Contains(t.Issuer, ":") {
+		bad("totp.issuer", "must not contain ':' (it separates issuer and login in authenticator apps)")
+	}
+	if _, err := ParseIgnore(t.TrustedProxies); err != nil {
+		bad("totp.trusted_proxies", "%v", err)
+	}
+	if !t.Enabled {
+		return
+	}
+	u, err := url.Parse(t.URL)
+	if t.URL == "" || err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		bad("totp.url", "totp.enabled is true: set the approval page's public URL (https://mail.example.org/totp), which the reject message names")
+	}
+	if strings.TrimSpace(t.Listen) == "" {
+		bad("totp.listen", "totp.enabled is true: must not be empty (host:port or unix:/path)")
+	}
 }
