@@ -20,6 +20,8 @@
 #   LOG_LEVEL=info       the daemon's log.level (debug logs every request: it would dominate)
 #   PROFILE=DIR          turn on metrics.pprof and save a CPU profile (and
 #                        the allocations) of the daemon under each load in DIR
+#   TOTP=1               run the daemon with totp.enabled (nobody enrolled: the
+#                        cost of the TOTP lookup in every after-auth allow)
 #
 # Everything runs on this machine: the load tool shares the CPUs with the
 # daemon (and with Redis), so the figures are a floor of what the daemon alone
@@ -37,6 +39,7 @@ FAIL_RATIO=${FAIL_RATIO:-0.2}
 RATE=${RATE:-0}
 LOG_LEVEL=${LOG_LEVEL:-info}
 PROFILE=${PROFILE:-}
+TOTP=${TOTP:-}
 export PATH="$PATH:/usr/sbin:/sbin"
 
 for s in $STORES; do
@@ -215,8 +218,11 @@ store:
   redis: {url: "$REDIS_URL", prefix: "mailguard-load-$$-$RANDOM:"}
 log: {level: $LOG_LEVEL, format: text}
 EOF
+	if [ -n "$TOTP" ]; then
+		printf 'totp: {enabled: true, url: "https://mail.example.org/totp", listen: "127.0.0.1:%s"}\n' "$(free_port)" >>"$tmp/mailguard-$st.yaml"
+	fi
 	echo
-	echo "== mailguard serve (store $st, postfix 127.0.0.1:$pf, dovecot 127.0.0.1:$dv, log level $LOG_LEVEL)"
+	echo "== mailguard serve (store $st, postfix 127.0.0.1:$pf, dovecot 127.0.0.1:$dv, log level $LOG_LEVEL${TOTP:+, totp.enabled})"
 	bin/mailguard serve --config "$tmp/mailguard-$st.yaml" 2>"$tmp/mailguard-$st.log" &
 	dpid=$!
 	pids+=("$dpid")

@@ -261,6 +261,12 @@ func TestReadmeDefaults(t *testing.T) {
 		{"`api.listen`", "`" + def.API.Listen + "`"},
 		{"`api.max_conns`", fmt.Sprintf("`%d`", def.API.MaxConns)},
 		{"`safety.shared_address.min_users`, `.window`", fmt.Sprintf("`%d`, `%s`", def.Safety.SharedAddress.MinUsers, short(def.Safety.SharedAddress.Window))},
+		{"`totp.listen`", "`" + def.TOTP.Listen + "`"},
+		{"`totp.issuer`", "`" + def.TOTP.Issuer + "`"},
+		{"`totp.trust_ttl`", fmt.Sprintf("`%s`", short(def.TOTP.TrustTTL))},
+		{"`totp.trust_prefix.ipv4` / `.ipv6`", fmt.Sprintf("`%d` / `%d`", def.TOTP.TrustPrefix.IPv4, def.TOTP.TrustPrefix.IPv6)},
+		{"`totp.pending_ttl`", fmt.Sprintf("`%s`", short(def.TOTP.PendingTTL))},
+		{"`totp.reject_msg`", "`" + def.TOTP.RejectMsg[:40]},
 	} {
 		i := strings.Index(string(b), "| "+tc.row+" | ")
 		if i < 0 {
