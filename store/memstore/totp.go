@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mailguard/mailguard/store"
@@ -22,6 +23,9 @@ type totpState struct {
 	mu     sync.RWMutex
 	users  map[string]*totpUser
 	tokens map[string]tokenEntry
+	// enrolled counts the enrolments, so that Check of a site where nobody
+	// enrolled takes no lock at all.
+	enrolled atomic.Int64
 }
 
 type totpUser struct {
@@ -106,8 +110,14 @@ func (t *totpState) apply(r *totpRecord) {
 	switch r.Kind {
 	case totpEnrol:
 		tu := t.user(r.User)
+		if tu.enrol == nil {
+			t.enrolled.Add(1)
+		}
 		tu.enrol = &store.Enrolment{User: r.User, Secret: r.Secret, Created: time.Unix(0, r.Created), LastStep: r.Step}
 	case totpDisenrol:
+		if tu := t.users[r.User]; tu != nil && tu.enrol != nil {
+			t.enrolled.Add(-1)
+		}
 		delete(t.users, r.User)
 	case totpStep:
 		if tu := t.users[r.User]; tu != nil && tu.enrol != nil && r.Step > tu.enrol.LastStep {
@@ -221,6 +231,9 @@ func (s *Store) totpChange(r totpRecord) error {
 
 // checkTOTP fills a.TOTP for Check.
 func (s *Store) checkTOTP(q store.Query, n int64, a *store.Answer) {
+	if s.totp.enrolled.Load() == 0 {
+		return
+	}
 	s.totp.mu.RLock()
 	defer s.totp.mu.RUnlock()
 	tu := s.totp.users[q.TOTPUser]
