@@ -104,3 +104,41 @@ func TestTOTPJail(t *testing.T) {
 		t.Error("a configured jail named totp was accepted with TOTP on")
 	}
 }
+
+// BenchmarkAfterAuth measures the after-auth check of a user who has not
+// enrolled, on the embedded store: TOTP off, on with nobody enrolled, and on
+// with other users enrolled (the lookup then reads the TOTP state).
+func BenchmarkAfterAuth(b *testing.B) {
+	a := netip.MustParseAddr("198.51.100.7")
+	for _, tc := range []struct {
+		name   string
+		totp   bool
+		others bool
+	}{{"off", false, false}, {"on-nobody-enrolled", true, false}, {"on-others-enrolled", true, true}} {
+		b.Run(tc.name, func(b *testing.B) {
+			st, err := memstore.Open(memstore.Options{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer st.Close()
+			c := Config{Jails: []Jail{authJail, userJail}}
+			if tc.totp {
+				c.SecondFactor.Prefix = func(a netip.Addr) netip.Prefix { p, _ := a.Prefix(24); return p }
+			}
+			g, err := New(st, c)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if tc.others {
+				st.Enrol(b.Context(), store.Enrolment{User: "carol@example.org", Secret: []byte("x")})
+			}
+			ctx := b.Context()
+			b.ReportAllocs()
+			for b.Loop() {
+				if v, err := g.CheckAfterAuth(ctx, a, "alice@example.org", "imap"); err != nil || v.Refused || v.SecondFactor {
+					b.Fatalf("CheckAfterAuth = %+v, %v", v, err)
+				}
+			}
+		})
+	}
+}
