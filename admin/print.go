@@ -70,6 +70,10 @@ func settings(j JailStatus) string {
 		return fmt.Sprintf("bans made with mailguard ban, bantime %s unless --for, action %s", j.BanTime, escape.String(j.Action))
 	}
 	var s string
+	if j.Name == guard.TOTPJail {
+		return fmt.Sprintf("wrong TOTP codes per user and per client prefix, maxretry %d, findtime %s, bantime %s, action %s",
+			j.MaxRetry, j.FindTime, j.BanTime, escape.String(j.Action))
+	}
 	if isRateJail(j) {
 		s = fmt.Sprintf("key %s, at most %d recipients per %s, over it defers (no ban)", escape.String(j.Key), j.MaxRetry, j.FindTime)
 		if j.BanTime != "0s" && j.BanTime != "" {
