@@ -1,13 +1,17 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
+	"net/http"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/mailguard/mailguard/internal/testenv"
+	"github.com/mailguard/mailguard/store/redisstore/redistest"
 	"github.com/mailguard/mailguard/totp"
 )
 
@@ -120,4 +124,74 @@ func TestTOTP(t *testing.T) {
 		t.Fatalf("IMAP login after totp disable = %q, want OK", r)
 	}
 	t.Logf("pending logins listed:\n%s", pending)
+}
+
+// afterAuth sends Dovecot's two allows of a login whose password was right
+// (same body, one session) to d and returns the second answer.
+func afterAuth(t *testing.T, d *Daemon, remote, login string) (int, string) {
+	t.Helper()
+	body, _ := json.Marshal(map[string]any{
+		"device_id": "", "login": login, "protocol": "imap", "pwhash": "03a1",
+		"remote": remote, "session_id": fmt.Sprintf("s%d", time.Now().UnixNano()),
+	})
+	var r struct {
+		Status int    `json:"status"`
+		Msg    string `json:"msg"`
+	}
+	for i := 0; i < 2; i++ {
+		resp, err := dovecotPost(http.DefaultClient, d.Dovecot, "allow", body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = json.NewDecoder(resp.Body).Decode(&r)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 && r.Status != 0 {
+			t.Fatalf("before-auth allow of %s from %s = %+v, want 0", login, remote, r)
+		}
+	}
+	return r.Status, r.Msg
+}
+
+// TestTOTPRedisTwoNodes: two nodes on one Redis (and one key file) see an
+// enrolment, a pending login, a used code and an approval made on the
+// other at once.
+func TestTOTPRedisTwoNodes(t *testing.T) {
+	srv := redistest.StartServer(t, redistest.Config{})
+	key := filepath.Join(t.TempDir(), "totp.key")
+	sets := redisSets(srv.Addr(), redisPrefix(), "store.timeout=2s", "totp.enabled=true", "totp.url="+totpURL, "totp.key_file="+key)
+	a := NewDaemon(t, append(sets, fmt.Sprintf("totp.listen=127.0.0.1:%d", testenv.FreePort(t)))...)
+	a.Start()
+	b := NewDaemon(t, append(sets, fmt.Sprintf("totp.listen=127.0.0.1:%d", testenv.FreePort(t)))...)
+	b.Start()
+	const phone = "192.0.2.50"
+
+	if st, _ := afterAuth(t, b, phone, testUser); st != 0 {
+		t.Fatalf("before enrolment: after-auth on b = %d, want 0", st)
+	}
+	otpauth := regexp.MustCompile(`otpauth://\S+`).FindString(a.MustCLI("totp", "enroll", testUser))
+	if st, msg := afterAuth(t, b, phone, testUser); st != -1 || !strings.Contains(msg, totpURL) {
+		t.Fatalf("enrolled on a: after-auth on b = %d %q, want -1 naming %s", st, msg, totpURL)
+	}
+	if p := a.MustCLI("totp", "pending", testUser); !strings.Contains(p, "imap from "+phone) {
+		t.Fatalf("pending login refused by b not listed on a:\n%s", p)
+	}
+	code := totpCode(t, otpauth)
+	a.MustCLI("totp", "check", testUser, code)
+	if out, err := b.CLI("totp", "check", testUser, code); exitCode(err) != 1 || !strings.Contains(out, "already used") {
+		t.Fatalf("code used on a, checked on b: exit %d %q, want 1, already used", exitCode(err), out)
+	}
+	b.MustCLI("totp", "trust", testUser, phone)
+	if st, msg := afterAuth(t, a, phone, testUser); st != 0 {
+		t.Fatalf("approved on b: after-auth on a = %d %q, want 0", st, msg)
+	}
+	a.MustCLI("totp", "untrust", testUser)
+	if st, _ := afterAuth(t, b, phone, testUser); st != -1 {
+		t.Fatalf("untrusted on a: after-auth on b = %d, want -1", st)
+	}
+	if st, _ := afterAuth(t, b, phone, "frank@example.org"); st != 0 {
+		t.Fatalf("user without TOTP on b = %d, want 0", st)
+	}
 }
