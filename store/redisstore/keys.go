@@ -23,8 +23,12 @@ import (
 //	base b:SUBJECT       HASH per jail: its ban record, reason and recidive
 //	                     history (scripts.go has the fields); TTL its longest
 //	                     ban or recidive window
-//	base bx              ZSET subjects with bans, score = latest expiry µs
-//	                     (Bans); TTL its longest ban
+//	base bx:N            ZSET ban index shard N (0..banShards-1, by a hash
+//	                     of the subject): subjects with bans, score =
+//	                     latest expiry µs (Bans); TTL its longest ban
+//	base bx              ZSET the single ban index of earlier versions:
+//	                     no longer written; Bans still reads it and Unban
+//	                     still removes from it until it expires
 //	base k:KEY           STRING known device: its expiry µs; TTL its ttl
 //	base st              HASH f:JAIL, b:JAIL counters (and ids), rw the
 //	                     recidive window; TTL statsTTL since the last write
@@ -41,11 +45,12 @@ import (
 // bytes a field). Redis 7.0 has no expiry per field, hence the
 // sweep.
 type keys struct {
-	base    string
-	banBase string // base + "b:"
-	index   string
-	stats   string
-	events  string
+	base      string
+	banBase   string // base + "b:"
+	indexBase string // base + "bx:"
+	legacy    string // base + "bx": the ban index of earlier versions
+	stats     string
+	events    string
 }
 
 // newKeys derives the key schema from a prefix. A prefix holding a hash tag
@@ -69,11 +74,12 @@ func newKeys(prefix string) (keys, error) {
 		base = prefix + "{" + tag + "}:"
 	}
 	return keys{
-		base:    base,
-		banBase: base + "b:",
-		index:   base + "bx",
-		stats:   base + "st",
-		events:  base + "ev",
+		base:      base,
+		banBase:   base + "b:",
+		indexBase: base + "bx:",
+		legacy:    base + "bx",
+		stats:     base + "st",
+		events:    base + "ev",
 	}, nil
 }
 
@@ -109,7 +115,23 @@ func fnv32(s string) uint32 {
 }
 
 func (k keys) ban(subject string) string { return k.banBase + subject }
-func (k keys) known(key string) string   { return k.base + "k:" + key }
+
+// banShards is the number of ban index shards. One sorted set of every
+// banned subject cost ~120 bytes a ban (a skiplist node, a dict entry and a
+// copy of the subject); up to ~120,000 bans a shard stays under
+// zset-max-listpack-entries (128) and is one compact listpack, ~35 bytes a
+// ban.
+const banShards = 1024
+
+// index is the ban index shard listing subject.
+func (k keys) index(subject string) string {
+	return k.indexShard(fnv32(subject) % banShards)
+}
+
+func (k keys) indexShard(n uint32) string {
+	return k.indexBase + strconv.FormatUint(uint64(n), 10)
+}
+func (k keys) known(key string) string { return k.base + "k:" + key }
 
 // member turns a Hit.Member (guard passes prefix|user|password hash) into a
 // short opaque window member: Redis never holds the password hash, and a

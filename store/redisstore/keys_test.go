@@ -34,8 +34,8 @@ func TestNewKeys(t *testing.T) {
 			t.Errorf("newKeys(%q).window = %q, want %q", tt.prefix, got, tt.wantWindow)
 		}
 		// Every key starts with the prefix and has the same hash tag.
-		tag := hashTag(k.index)
-		for _, key := range []string{k.window("j", "s"), k.shard("j", windowShards-1), k.ban("user:{x}"), k.index, k.known("k"), k.stats, k.events} {
+		tag := hashTag(k.stats)
+		for _, key := range []string{k.window("j", "s"), k.shard("j", windowShards-1), k.ban("user:{x}"), k.index("user:{x}"), k.indexShard(banShards - 1), k.legacy, k.known("k"), k.stats, k.events} {
 			if !strings.HasPrefix(key, tt.prefix) || hashTag(key) != tag {
 				t.Errorf("prefix %q: key %q has tag %q, want prefix and tag %q", tt.prefix, key, hashTag(key), tag)
 			}

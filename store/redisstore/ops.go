@@ -93,7 +93,7 @@ func (s *Store) Hit(ctx context.Context, h store.Hit) (store.HitResult, error) {
 	}
 	now := s.now()
 	keys := []string{
-		s.k.window(h.Jail, h.Subject), s.k.ban(h.Subject), s.k.index, s.k.stats, s.k.events,
+		s.k.window(h.Jail, h.Subject), s.k.ban(h.Subject), s.k.index(h.Subject), s.k.stats, s.k.events,
 	}
 	rwin := h.Recidive.Window
 	if rwin < 0 {
@@ -139,7 +139,7 @@ func (s *Store) Ban(ctx context.Context, b store.Ban) (store.Ban, error) {
 	if !b.Expires.After(now) || !b.Expires.After(b.Created) {
 		return store.Ban{}, fmt.Errorf("redisstore: ban %s: expires %v, before now or its creation", b.Subject, b.Expires)
 	}
-	keys := []string{s.k.ban(b.Subject), s.k.index, s.k.stats, s.k.events}
+	keys := []string{s.k.ban(b.Subject), s.k.index(b.Subject), s.k.stats, s.k.events}
 	rec, err := banScript.Run(ctx, s.c, keys,
 		micros(now), b.Jail, b.Subject, micros(b.Expires),
 		strconv.FormatInt(b.Created.UnixNano(), 10), int64(b.Expires.Sub(b.Created)),
@@ -162,7 +162,7 @@ func (s *Store) Unban(ctx context.Context, subject store.Subject) ([]store.Ban, 
 		return nil, store.ErrClosed
 	}
 	now := s.now()
-	v, err := unbanScript.Run(ctx, s.c, []string{s.k.ban(subject), s.k.index, s.k.events},
+	v, err := unbanScript.Run(ctx, s.c, []string{s.k.ban(subject), s.k.index(subject), s.k.events, s.k.legacy},
 		micros(now), subject, s.node, streamMaxLen, streamTTL.Milliseconds()).Slice()
 	if err != nil {
 		return nil, s.fail("unban", err)
@@ -186,9 +186,11 @@ func (s *Store) Unban(ctx context.Context, subject store.Subject) ([]store.Ban, 
 	return lifted, nil
 }
 
-// Bans lists the active bans, one EVALSHA per 1,000 banned subjects. The
-// pages are not one snapshot: a ban made or lifted while they are read may
-// be missed (never listed twice), which Watch or the next reconcile repairs.
+// Bans lists the active bans: one EVALSHA per ~1,000 banned subjects (whole
+// ban index shards), and one more per 1,000 subjects in the ban index of an
+// earlier version, if Redis still has it. The pages are not one snapshot: a
+// ban made or lifted while they are read may be missed (never listed twice),
+// which Watch or the next reconcile repairs.
 func (s *Store) Bans(ctx context.Context) ([]store.Ban, error) {
 	if s.closed.Load() {
 		return nil, store.ErrClosed
@@ -197,25 +199,45 @@ func (s *Store) Bans(ctx context.Context) ([]store.Ban, error) {
 	type id struct{ jail, subject string }
 	seen := map[id]bool{}
 	var bans []store.Ban
-	for off := 0; ; off += bansPage {
-		v, err := bansScript.Run(ctx, s.c, []string{s.k.index}, micros(now), off, bansPage, s.k.banBase).Slice()
-		if err != nil {
-			return nil, s.fail("bans", err)
-		}
-		r := reply(v)
-		n := r.int()
+	// add reads (subject, jail, record) triples.
+	add := func(r *replyReader) {
 		for len(r.v) > 0 && r.err == nil {
 			sub, jail, rec := r.str(), r.str(), r.str()
 			b, err := decodeBan(jail, sub, rec)
 			if err != nil {
 				r.err = err
-				break
+				return
 			}
 			if b.Expires.After(now) && !seen[id{jail, sub}] {
 				seen[id{jail, sub}] = true
 				bans = append(bans, b)
 			}
 		}
+	}
+	for next := 0; next < banShards; {
+		v, err := bansScript.Run(ctx, s.c, []string{s.k.stats}, micros(now), next, banShards, bansPage, s.k.indexBase, s.k.banBase).Slice()
+		if err != nil {
+			return nil, s.fail("bans", err)
+		}
+		r := reply(v)
+		n := r.int()
+		add(r)
+		if r.err == nil && n <= next {
+			r.err = fmt.Errorf("bans script went from shard %d to %d", next, n)
+		}
+		if r.err != nil {
+			return nil, s.fail("bans", r.err)
+		}
+		next = n
+	}
+	for off := 0; ; off += bansPage {
+		v, err := legacyBansScript.Run(ctx, s.c, []string{s.k.legacy}, micros(now), off, bansPage, s.k.banBase).Slice()
+		if err != nil {
+			return nil, s.fail("bans", err)
+		}
+		r := reply(v)
+		n := r.int()
+		add(r)
 		if r.err != nil {
 			return nil, s.fail("bans", r.err)
 		}

@@ -155,7 +155,7 @@ end
 // hitScript records a failure, tests the threshold and bans, atomically.
 //
 //	KEYS: 1 window shard  2 ban hash (with the recidive history)
-//	      3 ban index  4 stats  5 events
+//	      3 ban index shard  4 stats  5 events
 //	ARGV: 1 now_us  2 now_ns  3 span_us  4 maxretry  5 member ('' = none)
 //	      6 bantime_ns  7 recidive window_us  8 factor  9 maxtime_ns
 //	      10 reason  11 jail  12 subject  13 node  14 slack_ms
@@ -217,8 +217,8 @@ return {count}
 
 // banScript places (or replaces) a ban given by the caller.
 //
-//	KEYS: 1 ban hash (with the recidive history)  2 ban index  3 stats
-//	      4 events
+//	KEYS: 1 ban hash (with the recidive history)  2 ban index shard
+//	      3 stats  4 events
 //	ARGV: 1 now_us  2 jail  3 subject  4 expires_us  5 created_ns
 //	      6 duration_ns  7 reason  8 node  9 slack_ms  10 stream maxlen
 //	      11 stream ttl_ms  12 default recidive window_us  13 history max
@@ -290,7 +290,8 @@ return out
 
 // unbanScript lifts every jail's ban on a subject.
 //
-//	KEYS: 1 ban hash  2 ban index  3 events
+//	KEYS: 1 ban hash  2 ban index shard  3 events  4 the ban index of
+//	      earlier versions
 //	ARGV: 1 now_us  2 subject  3 node  4 stream maxlen  5 stream ttl_ms
 //
 // Reply: {jail, record, ...} of the bans lifted. The recidive history in
@@ -312,17 +313,49 @@ for j = 1, #h, 2 do
   if isjail(h[j]) or string.sub(h[j], 1, 2) == NUL .. 'r' then redis.call('HDEL', KEYS[1], h[j]) end
 end
 redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('ZREM', KEYS[4], ARGV[2])
 return out
 `)
 
-// bansScript lists one page of the active bans. The ban hashes it reads are
-// not in KEYS (they are found through the index) but share its hash slot.
+// bansScript lists the active bans of some ban index shards. The shards
+// and the ban hashes it reads are not in KEYS (they are found through the
+// shard number and the index) but share the slot of KEYS[1].
+//
+//	KEYS: 1 stats (for the slot only)
+//	ARGV: 1 now_us  2 first shard  3 number of shards  4 subjects per page
+//	      5 ban index shard key prefix  6 ban hash key prefix
+//
+// It reads whole shards from the first one until it has read a page of
+// subjects or the last shard. Reply: {next shard, (subject, jail, record)...}.
+var bansScript = redis.NewScript(luaLib + `
+local now, n, nshards, page = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local out, seen = {0}, 0
+while n < nshards and seen < page do
+  local idx = ARGV[5] .. n
+  redis.call('ZREMRANGEBYSCORE', idx, '-inf', '(' .. f(now))
+  local subs = redis.call('ZRANGE', idx, 0, -1)
+  seen = seen + #subs
+  for _, s in ipairs(subs) do
+    local r = records(redis.call('HGETALL', ARGV[6] .. s), now)
+    for j = 1, #r, 2 do
+      out[#out + 1] = s; out[#out + 1] = r[j]; out[#out + 1] = r[j + 1]
+    end
+  end
+  n = n + 1
+end
+out[1] = n
+return out
+`)
+
+// legacyBansScript lists one page of the active bans of the single ban
+// index of earlier versions (keys.go), which a store upgraded in place still
+// has until its bans expire.
 //
 //	KEYS: 1 ban index
 //	ARGV: 1 now_us  2 offset  3 page size  4 ban hash key prefix
 //
 // Reply: {subjects in this page, (subject, jail, record)...}.
-var bansScript = redis.NewScript(luaLib + `
+var legacyBansScript = redis.NewScript(luaLib + `
 local now = tonumber(ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. f(now))
 local off = tonumber(ARGV[2])
