@@ -97,11 +97,26 @@ const windowShards = 1024
 // window is the shard holding subject's failure window in jail (the
 // subject is its field).
 func (k keys) window(jail, subject string) string {
-	return k.shard(jail, fnv32(subject)%windowShards)
+	return string(k.appendWindow(nil, jail, subject))
 }
 
 func (k keys) shard(jail string, n uint32) string {
-	return k.base + "w:" + jailEscaper.Replace(jail) + "|" + strconv.FormatUint(uint64(n), 10)
+	return string(k.appendShard(nil, jail, n))
+}
+
+func (k keys) appendWindow(b []byte, jail, subject string) []byte {
+	return k.appendShard(b, jail, fnv32(subject)%windowShards)
+}
+
+func (k keys) appendShard(b []byte, jail string, n uint32) []byte {
+	b = append(b, k.base...)
+	b = append(b, "w:"...)
+	if strings.ContainsAny(jail, "%|") {
+		jail = jailEscaper.Replace(jail)
+	}
+	b = append(b, jail...)
+	b = append(b, '|')
+	return strconv.AppendUint(b, uint64(n), 10)
 }
 
 // fnv32 is FNV-1a: the same on every node (unlike maphash).
@@ -116,6 +131,10 @@ func fnv32(s string) uint32 {
 
 func (k keys) ban(subject string) string { return k.banBase + subject }
 
+func (k keys) appendBan(b []byte, subject string) []byte {
+	return append(append(b, k.banBase...), subject...)
+}
+
 // banShards is the number of ban index shards. One sorted set of every
 // banned subject cost ~120 bytes a ban (a skiplist node, a dict entry and a
 // copy of the subject); up to ~120,000 bans a shard stays under
@@ -129,9 +148,18 @@ func (k keys) index(subject string) string {
 }
 
 func (k keys) indexShard(n uint32) string {
-	return k.indexBase + strconv.FormatUint(uint64(n), 10)
+	return string(k.appendIndex(nil, n))
 }
+
+func (k keys) appendIndex(b []byte, n uint32) []byte {
+	return strconv.AppendUint(append(b, k.indexBase...), uint64(n), 10)
+}
+
 func (k keys) known(key string) string { return k.base + "k:" + key }
+
+func (k keys) appendKnown(b []byte, key string) []byte {
+	return append(append(append(b, k.base...), "k:"...), key...)
+}
 
 // member turns a Hit.Member (guard passes prefix|user|password hash) into a
 // short opaque window member: Redis never holds the password hash, and a

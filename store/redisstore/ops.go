@@ -24,30 +24,47 @@ func (s *Store) Check(ctx context.Context, q store.Query) (store.Answer, error) 
 		return ans, nil
 	}
 	now := s.now()
-	nowUS := micros(now)
-	keys := make([]string, 0, len(q.Subjects)+3+len(q.Counts))
-	args := make([]any, 0, 4+2*len(q.Counts))
+	c := newCall()
+	defer c.release()
 	for _, sub := range q.Subjects {
-		keys = append(keys, s.k.ban(sub))
+		c.keyBuf = s.k.appendBan(c.keyBuf, sub)
+		c.key()
 	}
 	known := "0"
 	if q.Known != "" {
-		keys = append(keys, s.k.known(q.Known))
+		c.keyBuf = s.k.appendKnown(c.keyBuf, q.Known)
+		c.key()
 		known = "1"
 	}
-	args = append(args, nowUS, len(q.Subjects), known, "")
+	totpPrefix := ""
 	if q.TOTPUser != "" {
-		keys = append(keys, s.k.enrol(q.TOTPUser), s.k.approvals(q.TOTPUser))
-		args[3] = q.TOTPPrefix.Masked().String()
+		c.keyBuf = append(c.keyBuf, s.k.enrol(q.TOTPUser)...)
+		c.key()
+		c.keyBuf = append(c.keyBuf, s.k.approvals(q.TOTPUser)...)
+		c.key()
+		totpPrefix = q.TOTPPrefix.Masked().String()
 	}
 	for _, w := range q.Counts {
 		if w.Span <= 0 {
 			return ans, fmt.Errorf("redisstore: check: window %s %s: span must be positive", w.Jail, w.Subject)
 		}
-		keys = append(keys, s.k.window(w.Jail, w.Subject))
-		args = append(args, durMicros(w.Span), w.Subject)
+		c.keyBuf = s.k.appendWindow(c.keyBuf, w.Jail, w.Subject)
+		c.key()
 	}
-	v, err := s.b.script(ctx, checkScript, keys, args...).Slice()
+	c.eval(checkScript)
+	c.int(micros(now))
+	c.int(int64(len(q.Subjects)))
+	c.str(known)
+	c.str(totpPrefix)
+	for _, w := range q.Counts {
+		c.int(durMicros(w.Span))
+		c.str(w.Subject)
+	}
+	cmd, err := s.b.run(ctx, c)
+	if err != nil {
+		return ans, s.fail("check", err)
+	}
+	v, err := cmd.Slice()
 	if err != nil {
 		return ans, s.fail("check", err)
 	}
@@ -92,20 +109,46 @@ func (s *Store) Hit(ctx context.Context, h store.Hit) (store.HitResult, error) {
 		return store.HitResult{}, fmt.Errorf("redisstore: hit %s %s: need a jail, a subject, maxretry > 0 and span > 0", h.Jail, h.Subject)
 	}
 	now := s.now()
-	keys := []string{
-		s.k.window(h.Jail, h.Subject), s.k.ban(h.Subject), s.k.index(h.Subject), s.k.stats, s.k.events,
-	}
 	rwin := h.Recidive.Window
 	if rwin < 0 {
 		rwin = 0
 	}
-	v, err := s.b.script(ctx, hitScript, keys,
-		micros(now), strconv.FormatInt(now.UnixNano(), 10), durMicros(h.Span), h.MaxRetry,
-		member(h.Member), max(int64(h.BanTime), 0), durMicros(rwin),
-		strconv.FormatFloat(h.Recidive.Factor, 'g', -1, 64), max(int64(h.Recidive.MaxTime), 0),
-		h.Reason, h.Jail, h.Subject, s.node, slack.Milliseconds(),
-		streamMaxLen, streamTTL.Milliseconds(), statsTTL.Milliseconds(), historyMax,
-	).Slice()
+	c := newCall()
+	defer c.release()
+	c.keyBuf = s.k.appendWindow(c.keyBuf, h.Jail, h.Subject)
+	c.key()
+	c.keyBuf = s.k.appendBan(c.keyBuf, h.Subject)
+	c.key()
+	c.keyBuf = s.k.appendIndex(c.keyBuf, fnv32(h.Subject)%banShards)
+	c.key()
+	c.keyBuf = append(c.keyBuf, s.k.stats...)
+	c.key()
+	c.keyBuf = append(c.keyBuf, s.k.events...)
+	c.key()
+	c.eval(hitScript)
+	c.int(micros(now))
+	c.int(now.UnixNano())
+	c.int(durMicros(h.Span))
+	c.int(int64(h.MaxRetry))
+	c.str(member(h.Member))
+	c.int(max(int64(h.BanTime), 0))
+	c.int(durMicros(rwin))
+	c.str(strconv.FormatFloat(h.Recidive.Factor, 'g', -1, 64))
+	c.int(max(int64(h.Recidive.MaxTime), 0))
+	c.str(h.Reason)
+	c.str(h.Jail)
+	c.str(h.Subject)
+	c.str(s.node)
+	c.int(slack.Milliseconds())
+	c.int(streamMaxLen)
+	c.int(streamTTL.Milliseconds())
+	c.int(statsTTL.Milliseconds())
+	c.int(historyMax)
+	cmd, err := s.b.run(ctx, c)
+	if err != nil {
+		return store.HitResult{}, s.fail("hit "+h.Jail, err)
+	}
+	v, err := cmd.Slice()
 	if err != nil {
 		return store.HitResult{}, s.fail("hit "+h.Jail, err)
 	}
@@ -252,8 +295,13 @@ func (s *Store) Reset(ctx context.Context, jail string, subject store.Subject) e
 	if s.closed.Load() {
 		return store.ErrClosed
 	}
-	err := s.b.script(ctx, resetScript, []string{s.k.window(jail, subject)}, subject).Err()
-	if err != nil {
+	c := newCall()
+	defer c.release()
+	c.keyBuf = s.k.appendWindow(c.keyBuf, jail, subject)
+	c.key()
+	c.eval(resetScript)
+	c.str(subject)
+	if _, err := s.b.run(ctx, c); err != nil {
 		return s.fail("reset", err)
 	}
 	return nil
@@ -267,8 +315,16 @@ func (s *Store) Remember(ctx context.Context, key string, ttl time.Duration) err
 	if ttl <= 0 {
 		return fmt.Errorf("redisstore: remember: ttl %v must be positive", ttl)
 	}
-	exp := micros(s.now().Add(ttl))
-	if err := s.b.set(ctx, s.k.known(key), exp, ttl+slack); err != nil {
+	c := newCall()
+	defer c.release()
+	c.keyBuf = s.k.appendKnown(c.keyBuf, key)
+	c.key()
+	c.args = append(c.args, "set")
+	c.keys()
+	c.int(micros(s.now().Add(ttl)))
+	c.args = append(c.args, "px")
+	c.int((ttl + slack).Milliseconds())
+	if _, err := s.b.run(ctx, c); err != nil {
 		return s.fail("remember", err)
 	}
 	return nil

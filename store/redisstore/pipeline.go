@@ -77,43 +77,129 @@ type batcher struct {
 	onBatch func(n int)
 }
 
-// call is one store call in a pipeline: a script with its keys and args, or
-// (script nil) a SET of key to args[0] with expiry ttl.
+// call is one store call in a pipeline: a whole command (EVALSHA sha
+// numkeys keys... args..., or SET) with its reply. Calls are pooled, with
+// the space their arguments are built in (see the builders below), so that
+// a request costs go-redis's reply and a few strings, not an allocation per
+// argument: go-redis writes a *string or *int64 argument as the value it
+// points to, and a pointer stored in an interface needs no allocation.
 type call struct {
-	script *redis.Script
-	keys   []string
-	args   []any
-	ttl    time.Duration
+	script *script // nil: not a script of ours (SET, or other below)
+	// other is a script called through batcher.script, with its keys and
+	// arguments as given, for EVAL after a NOSCRIPT.
+	other     *redis.Script
+	otherKeys []string
+	otherArgs []any
+	args      []any // the command; pointers into strs and ints
+	strs      []string
+	ints      []int64
+	keyBuf    []byte // the keys' bytes, made one string by keys
+	keyEnd    []int
 
-	ctx    context.Context
-	queued time.Time
-	cmd    redis.Cmder
-	err    error // set before done is closed
-	done   chan struct{}
+	ctx      context.Context
+	queued   time.Time
+	cmd      *redis.Cmd
+	err      error         // set before done is signalled
+	done     chan struct{} // one value when the call is complete
+	complete bool          // its caller received done: it may be reused
 }
+
+var calls = sync.Pool{New: func() any { return &call{done: make(chan struct{}, 1)} }}
+
+// newCall returns an empty call from the pool.
+func newCall() *call {
+	c := calls.Get().(*call)
+	c.args, c.strs, c.ints = c.args[:0], c.strs[:0], c.ints[:0]
+	c.keyBuf, c.keyEnd = c.keyBuf[:0], c.keyEnd[:0]
+	return c
+}
+
+// release returns c to the pool once its caller is done with the reply,
+// unless it was abandoned (its caller gave up waiting): a pipeline may
+// still hold it.
+func (c *call) release() {
+	if !c.complete || cap(c.args) > 256 || cap(c.keyBuf) > 4096 {
+		return // an unusually large one: let it go
+	}
+	clear(c.args[:cap(c.args)]) // no stale pointers kept alive by the pool
+	clear(c.strs[:cap(c.strs)])
+	c.script, c.ctx, c.cmd, c.err, c.complete = nil, nil, nil, nil, false
+	calls.Put(c)
+}
+
+// str appends a string argument.
+func (c *call) str(v string) {
+	c.strs = append(c.strs, v)
+	// A pointer into strs stays valid when a later append moves strs: the
+	// element it points to keeps its value in the old array.
+	c.args = append(c.args, &c.strs[len(c.strs)-1])
+}
+
+// int appends an integer argument.
+func (c *call) int(v int64) {
+	c.ints = append(c.ints, v)
+	c.args = append(c.args, &c.ints[len(c.ints)-1])
+}
+
+// key ends a key whose bytes were appended to keyBuf.
+func (c *call) key() { c.keyEnd = append(c.keyEnd, len(c.keyBuf)) }
+
+// eval starts the command as EVALSHA of s with the keys ended so far, made
+// one string (one allocation for all of them). The script's arguments
+// follow with str and int.
+func (c *call) eval(s *script) {
+	c.script = s
+	c.args = append(c.args, "evalsha", s.Hash(), len(c.keyEnd))
+	c.keys()
+}
+
+func (c *call) keys() {
+	all := string(c.keyBuf)
+	start := 0
+	for _, end := range c.keyEnd {
+		c.str(all[start:end])
+		start = end
+	}
+}
+
+// script is a Lua script with its source, for EVAL after a NOSCRIPT.
+type script struct {
+	*redis.Script
+	src string
+}
+
+func newScript(src string) *script { return &script{redis.NewScript(src), src} }
 
 func newBatcher(c redis.UniversalClient, done <-chan struct{}, wait time.Duration) *batcher {
 	return &batcher{c: c, done: done, wait: wait, n: pipelines}
 }
 
-// script runs s as one call of a pipeline and returns its reply.
+// script runs s with keys and args as one call of a pipeline and returns
+// its reply: the general form, for calls off the request path (each
+// argument is boxed as given, and the call is not pooled).
 func (b *batcher) script(ctx context.Context, s *redis.Script, keys []string, args ...any) *redis.Cmd {
-	c := &call{script: s, keys: keys, args: args}
+	c := &call{other: s, otherKeys: keys, otherArgs: args, done: make(chan struct{}, 1)}
+	c.args = make([]any, 0, 3+len(keys)+len(args))
+	c.args = append(c.args, "evalsha", s.Hash(), len(keys))
+	for _, k := range keys {
+		c.args = append(c.args, k)
+	}
+	c.args = append(c.args, args...)
 	if err := b.do(ctx, c); err != nil {
 		cmd := redis.NewCmd(ctx)
 		cmd.SetErr(err)
 		return cmd
 	}
-	return c.cmd.(*redis.Cmd)
+	return c.cmd
 }
 
-// set runs SET key value PX ttl as one call of a pipeline.
-func (b *batcher) set(ctx context.Context, key string, value any, ttl time.Duration) error {
-	c := &call{keys: []string{key}, args: []any{value}, ttl: ttl}
+// run sends c as one call of a pipeline and returns its reply; the caller
+// reads it, then releases c.
+func (b *batcher) run(ctx context.Context, c *call) (*redis.Cmd, error) {
 	if err := b.do(ctx, c); err != nil {
-		return err
+		return nil, err
 	}
-	return c.cmd.Err()
+	return c.cmd, c.cmd.Err()
 }
 
 // do sends c at once when fewer than n pipelines are in flight, with
@@ -121,18 +207,21 @@ func (b *batcher) set(ctx context.Context, key string, value any, ttl time.Durat
 // answers it, ctx ends or the store closes. An abandoned call may still be
 // sent; its reply is dropped.
 func (b *batcher) do(ctx context.Context, c *call) error {
-	c.ctx, c.queued, c.done = ctx, time.Now(), make(chan struct{})
+	c.ctx, c.queued = ctx, time.Now()
 	b.mu.Lock()
 	if b.active < b.n {
 		b.active++
 		b.mu.Unlock()
 		b.send(c)
+		<-c.done // complete: send finished it
+		c.complete = true
 		return c.err
 	}
 	b.queue = append(b.queue, c)
 	b.mu.Unlock()
 	select {
 	case <-c.done:
+		c.complete = true
 		return c.err
 	case <-ctx.Done():
 		return ctx.Err()
@@ -218,11 +307,9 @@ func (b *batcher) exec(batch []*call) {
 			c.finish(c.ctx.Err())
 		case now.Sub(c.queued) > b.wait:
 			c.finish(errQueueTimeout)
-		case c.script == nil:
-			c.cmd = p.Set(ctx, c.keys[0], c.args[0], c.ttl)
-			sent = append(sent, c)
 		default:
-			c.cmd = p.EvalSha(ctx, c.script.Hash(), c.keys, c.args...)
+			c.cmd = redis.NewCmd(ctx, c.args...)
+			p.Process(ctx, c.cmd) // queued: errors come with Exec
 			sent = append(sent, c)
 		}
 	}
@@ -235,7 +322,7 @@ func (b *batcher) exec(batch []*call) {
 	p.Exec(ctx) // errors are each command's own
 	var again []*call
 	for _, c := range sent {
-		if c.script != nil && redis.HasErrorPrefix(c.cmd.Err(), "NOSCRIPT") {
+		if err := c.cmd.Err(); err != nil && (c.script != nil || c.other != nil) && redis.HasErrorPrefix(err, "NOSCRIPT") {
 			again = append(again, c)
 			continue
 		}
@@ -246,7 +333,13 @@ func (b *batcher) exec(batch []*call) {
 	}
 	p = b.c.Pipeline()
 	for _, c := range again {
-		c.cmd = c.script.Eval(ctx, p, c.keys, c.args...)
+		if c.other != nil {
+			c.cmd = c.other.Eval(ctx, p, c.otherKeys, c.otherArgs...)
+			continue
+		}
+		c.args[0], c.args[1] = "eval", c.script.src // EVAL also loads the script
+		c.cmd = redis.NewCmd(ctx, c.args...)
+		p.Process(ctx, c.cmd)
 	}
 	if b.onBatch != nil {
 		b.onBatch(len(again))
@@ -259,5 +352,5 @@ func (b *batcher) exec(batch []*call) {
 
 func (c *call) finish(err error) {
 	c.err = err
-	close(c.done)
+	c.done <- struct{}{} // buffered: never blocks, even for an abandoned call
 }

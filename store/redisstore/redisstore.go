@@ -205,6 +205,10 @@ func universalOptions(o Options) (*redis.UniversalOptions, error) {
 		MaxRetries:      -1,
 		DialerRetries:   1,
 		DisableIdentity: true,
+		// RESP2: scripts answer the same arrays and integers, and go-redis
+		// does not look for RESP3 push notifications before every reply (a
+		// few % of the CPU of a pipelined request).
+		Protocol: 2,
 	}
 	if o.URL != "" {
 		if len(o.Addrs) > 0 || o.MasterName != "" {

@@ -163,7 +163,7 @@ end
 //
 // The jail's span is kept in stats (s:JAIL) for Stats' count of failing
 // subjects. Reply: {count} or {count, record} when this hit banned.
-var hitScript = redis.NewScript(luaLib + `
+var hitScript = newScript(luaLib + `
 local now, span, maxretry = tonumber(ARGV[1]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local jail, subject, slack = ARGV[11], ARGV[12], tonumber(ARGV[14])
 local rwin = tonumber(ARGV[7])
@@ -251,7 +251,7 @@ return rec .. '|' .. ARGV[7]
 //
 // Reply: {nbans, (subject index, jail, record) × nbans, known, enrolled,
 // approved, counts...}.
-var checkScript = redis.NewScript(luaLib + `
+var checkScript = newScript(luaLib + `
 local now, n = tonumber(ARGV[1]), tonumber(ARGV[2])
 local out, nb = {0}, 0
 for i = 1, n do
@@ -374,7 +374,7 @@ return out
 //
 //	KEYS: 1 window shard
 //	ARGV: 1 subject
-var resetScript = redis.NewScript(`
+var resetScript = newScript(`
 redis.call('HDEL', KEYS[1], ARGV[1])
 return 1
 `)
