@@ -105,10 +105,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	proto := NormalizeProtocol(req.Protocol)
 
-	ctx, cancel := context.WithTimeout(r.Context(), s.timeout)
-	defer cancel()
-	stop := context.AfterFunc(s.ctx, cancel) // Close cancels guard calls
-	defer stop()
+	// The guard calls' deadline is shared with the requests of this slot (a
+	// fiftieth of Timeout), and Close cancels it: a context and timer per
+	// request, registered with the request's and the server's contexts,
+	// cost more than the embedded store's work.
+	ctx := &callCtx{Context: s.deadlines.Context(start), gone: r.Context().Done()}
 	var rep Reply
 	var verdict string
 	if cmd == CommandAllow {
@@ -241,6 +242,24 @@ func boundHash(h string) string {
 	return hex.EncodeToString(sum[:])
 }
 
+// callCtx is the context of a request's guard calls: the shared deadline
+// (Close cancels it too), and Err says context.Canceled once Dovecot hung
+// up. call gives the guard the shared context alone and stops waiting when
+// Dovecot hangs up.
+type callCtx struct {
+	context.Context
+	gone <-chan struct{} // the HTTP request's Done
+}
+
+func (c *callCtx) Err() error {
+	select {
+	case <-c.gone:
+		return context.Canceled
+	default:
+		return c.Context.Err()
+	}
+}
+
 // call runs f with ctx in a goroutine holding one of MaxConcurrent slots, and
 // returns when f does or ctx is done, whichever is first: a guard that
 // ignores ctx delays its own slot, not Dovecot. A panic in f is an error.
@@ -249,7 +268,13 @@ func call[T any](ctx context.Context, s *Server, f func(context.Context) (T, err
 	if s.Guard == nil {
 		return zero, errors.New("authhook: no guard")
 	}
+	var gone <-chan struct{} // nil: never
+	if c, ok := ctx.(*callCtx); ok {
+		ctx, gone = c.Context, c.gone
+	}
 	select {
+	case <-gone:
+		return zero, fmt.Errorf("authhook: waiting for a guard slot: %w", context.Canceled)
 	case s.sem <- struct{}{}:
 	case <-ctx.Done():
 		return zero, fmt.Errorf("authhook: all %d guard slots busy: %w", cap(s.sem), ctx.Err())
@@ -279,6 +304,8 @@ func call[T any](ctx context.Context, s *Server, f func(context.Context) (T, err
 		return r.v, r.err
 	case <-ctx.Done():
 		return zero, fmt.Errorf("authhook: guard did not answer: %w", ctx.Err())
+	case <-gone:
+		return zero, fmt.Errorf("authhook: guard did not answer: %w", context.Canceled)
 	}
 }
 

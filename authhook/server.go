@@ -33,6 +33,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mailguard/mailguard/internal/deadline"
 	"github.com/mailguard/mailguard/internal/dedup"
 )
 
@@ -190,7 +191,8 @@ type Server struct {
 	// Timeout (store.fail_mode open, mailguard's default); false refuses them
 	// with TempFailMsg.
 	FailOpen bool
-	// Timeout bounds the guard's work per request. Zero: DefaultTimeout.
+	// Timeout bounds the guard's work per request (up to Timeout/50 more,
+	// at least 1ms: requests share deadlines). Zero: DefaultTimeout.
 	Timeout time.Duration
 	// MaxBody caps the request body in bytes. Zero: DefaultMaxBody.
 	MaxBody int64
@@ -228,7 +230,8 @@ type Server struct {
 	sem                                   chan struct{}
 	log                                   *slog.Logger
 	metrics                               Metrics
-	ctx                                   context.Context // canceled by Close: guard calls, janitor
+	ctx                                   context.Context  // canceled by Close: guard calls, janitor
+	deadlines                             *deadline.Shared // of guard calls, from ctx
 	cancel                                context.CancelFunc
 	logs                                  dedup.Limiter  // warnings, one per cause per dedup.DefaultPeriod
 	refusedLog                            dedup.Limiter  // refusals at info, one per banned subject per refusalLogEvery
@@ -289,6 +292,7 @@ func (s *Server) init() {
 		}
 		s.hdrName, s.hdrValue = parseAPIHeader(s.APIHeader)
 		s.ctx, s.cancel = context.WithCancel(context.Background())
+		s.deadlines = deadline.New(s.ctx, s.timeout)
 	})
 }
 

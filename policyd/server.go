@@ -36,6 +36,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mailguard/mailguard/internal/deadline"
 	"github.com/mailguard/mailguard/internal/dedup"
 )
 
@@ -148,7 +149,7 @@ type Server struct {
 	// (store.fail_mode: open). False answers FailAction.
 	FailOpen bool
 
-	Timeout      time.Duration // for the guard calls of one request; zero: DefaultTimeout
+	Timeout      time.Duration // for the guard calls of one request (up to Timeout/50 more, at least 1ms: requests share deadlines); zero: DefaultTimeout
 	IdleTimeout  time.Duration // for reading a whole request; zero: DefaultIdleTimeout
 	FirstTimeout time.Duration // for the first request of a connection; zero: DefaultFirstTimeout
 	MaxLineLen   int           // zero: DefaultMaxLineLen
@@ -183,6 +184,7 @@ type Server struct {
 	log                                *slog.Logger
 	metrics                            Metrics
 	fold                               *fold
+	deadlines                          *deadline.Shared // of the guard calls
 
 	logs       dedup.Limiter // warnings, one per cause per dedup.DefaultPeriod
 	refusedLog dedup.Limiter // refusals at info, one per banned subject per refusalLogEvery
@@ -216,6 +218,7 @@ func (s *Server) init() error {
 	s.timeout = or(s.Timeout, DefaultTimeout)
 	s.idleTimeout = or(s.IdleTimeout, DefaultIdleTimeout)
 	s.firstTimeout = min(or(s.FirstTimeout, DefaultFirstTimeout), s.idleTimeout)
+	s.deadlines = deadline.New(s.ctx, s.timeout)
 	s.maxConns = or(s.MaxConns, DefaultMaxConns)
 	s.limits = Limits{MaxLineLen: s.MaxLineLen, MaxAttrs: s.MaxAttrs, MaxBytes: s.MaxBytes}
 	s.log = s.Log
