@@ -28,16 +28,25 @@ func addSeeds(f *testing.F) {
 		}
 	}
 	for _, s := range []string{``, `{}`, `null`, `[]`, `{"remote":"::1","attrs":{"cos":"x"}}`,
-		`{"remote":"1.2.3.4","login":1}`, `{"remote":"1.2.3.4","success":"true"}`, "{\"login\":\"\\ud800\"}"} {
+		`{"remote":"1.2.3.4","login":1}`, `{"remote":"1.2.3.4","success":"true"}`, "{\"login\":\"\\ud800\"}",
+		`{"login":"a","login":"b"}`, `{"LOGIN":"a"}`, ` { "success" : true , "tls":false } `, `{"success":truex}`,
+		`{"login":"a",}`, `{"login":"a"} x`, `{"login":null}`, `{"remote":"1.2.3.4","success":false,"fail_type":"credentials"}`} {
 		f.Add(s)
 	}
 }
 
-// FuzzDecodeRequest checks that decoding never panics and that a decoded
-// request survives a round trip through its JSON form.
+// FuzzDecodeRequest checks that decoding never panics, that the fast path
+// (decodeFlat) decodes what it accepts as encoding/json does, and that a
+// decoded request survives a round trip through its JSON form.
 func FuzzDecodeRequest(f *testing.F) {
 	addSeeds(f)
 	f.Fuzz(func(t *testing.T, body string) {
+		if fast, ok := decodeFlat([]byte(body)); ok {
+			var want Request
+			if err := json.Unmarshal([]byte(body), &want); err != nil || fast != want {
+				t.Fatalf("decodeFlat(%q) = %+v; encoding/json: %+v, %v", body, fast, want, err)
+			}
+		}
 		r, err := DecodeRequest([]byte(body))
 		if err != nil {
 			return
@@ -57,6 +66,30 @@ func FuzzDecodeRequest(f *testing.F) {
 			t.Fatalf("Addr accepted an empty remote")
 		}
 	})
+}
+
+// TestDecodeFlatTakesDovecot checks that the bodies recorded from Dovecot
+// 2.3 and 2.4 take the fast path.
+func TestDecodeFlatTakesDovecot(t *testing.T) {
+	files, _ := filepath.Glob("testdata/dovecot-*.json")
+	if len(files) == 0 {
+		t.Fatal("no recorded requests in testdata")
+	}
+	for _, file := range files {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var reqs []recorded
+		if err := json.Unmarshal(data, &reqs); err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range reqs {
+			if _, ok := decodeFlat(r.Body); !ok {
+				t.Errorf("%s: decodeFlat(%s) fell back to encoding/json", file, r.Body)
+			}
+		}
+	}
 }
 
 // FuzzHandler checks that any body gets 200 with an integer status or a 4xx

@@ -42,6 +42,9 @@ type Request struct {
 // DecodeRequest decodes one request body. It fails on anything but a single
 // JSON object whose known fields have the types Dovecot sends.
 func DecodeRequest(body []byte) (Request, error) {
+	if r, ok := decodeFlat(body); ok {
+		return r, nil
+	}
 	var r Request
 	if err := json.Unmarshal(body, &r); err != nil {
 		var ute *json.UnmarshalTypeError
