@@ -260,7 +260,7 @@ func (c *callCtx) Err() error {
 	}
 }
 
-// call runs f with ctx in a goroutine holding one of MaxConcurrent slots, and
+// call runs f with ctx in a worker goroutine holding one of MaxConcurrent slots, and
 // returns when f does or ctx is done, whichever is first: a guard that
 // ignores ctx delays its own slot, not Dovecot. A panic in f is an error.
 func call[T any](ctx context.Context, s *Server, f func(context.Context) (T, error)) (T, error) {
@@ -288,7 +288,7 @@ func call[T any](ctx context.Context, s *Server, f func(context.Context) (T, err
 		err error
 	}
 	ch := make(chan result, 1)
-	go func() {
+	s.workers.run(func() {
 		defer s.busy.Done()
 		defer func() { <-s.sem }()
 		defer func() {
@@ -298,7 +298,7 @@ func call[T any](ctx context.Context, s *Server, f func(context.Context) (T, err
 		}()
 		v, err := f(ctx)
 		ch <- result{v, err}
-	}()
+	})
 	select {
 	case r := <-ch:
 		return r.v, r.err

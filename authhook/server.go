@@ -232,6 +232,7 @@ type Server struct {
 	metrics                               Metrics
 	ctx                                   context.Context  // canceled by Close: guard calls, janitor
 	deadlines                             *deadline.Shared // of guard calls, from ctx
+	workers                               *workers         // run guard calls
 	cancel                                context.CancelFunc
 	logs                                  dedup.Limiter  // warnings, one per cause per dedup.DefaultPeriod
 	refusedLog                            dedup.Limiter  // refusals at info, one per banned subject per refusalLogEvery
@@ -293,6 +294,7 @@ func (s *Server) init() {
 		s.hdrName, s.hdrValue = parseAPIHeader(s.APIHeader)
 		s.ctx, s.cancel = context.WithCancel(context.Background())
 		s.deadlines = deadline.New(s.ctx, s.timeout)
+		s.workers = &workers{ctx: s.ctx, max: cap(s.sem)}
 	})
 }
 
@@ -447,6 +449,7 @@ func (s *Server) Close() error {
 	s.cancel()
 	s.busy.Wait()
 	s.janitor.Wait()
+	s.workers.wait()
 	return err
 }
 
@@ -485,6 +488,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.cancel()
 	s.janitor.Wait()
+	s.workers.wait()
 	return nil
 }
 
