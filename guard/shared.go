@@ -67,8 +67,8 @@ func (g *Guard) sharedSubject(a netip.Addr) string { return netSubject(g.prefixe
 func (g *Guard) sharedState(ctx context.Context, a netip.Addr) sharedness {
 	n, err := g.sharing.Sharers(ctx, g.sharedSubject(a), g.shared.Window)
 	if err != nil {
-		if !errors.Is(err, context.Canceled) {
-			g.log.Warn("shared address rule: store failed, the address is treated as not shared", "err", err)
+		if ok, n := g.sharedLogged.Allow("store-error", g.now()); ok && !errors.Is(err, context.Canceled) {
+			g.log.Warn("shared address rule: store failed, the address is treated as not shared", "err", err, "suppressed", n)
 		}
 		return sharedNo
 	}
