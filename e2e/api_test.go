@@ -98,7 +98,7 @@ func TestAPIDaemon(t *testing.T) {
 	if !strings.Contains(out, "Shared addresses (5+ users logged in within 24h0m0s") || !strings.Contains(out, web+"\t5 users") {
 		t.Errorf("status does not list the shared address:\n%s", out)
 	}
-	if strings.Contains(out, "net:"+web) || !strings.Contains(d.Log(), "not banned: shared address") {
+	if strings.Contains(d.MustCLI("status", "dovecot"), web) || !strings.Contains(d.Log(), "not banned: shared address") {
 		t.Errorf("shared address banned, or not logged as spared:\n%s\n%s", out, d.Log())
 	}
 	d.Stop()
@@ -121,5 +121,46 @@ func TestAPITokensFileMode(t *testing.T) {
 	out, err := d.command(ctx, args...).CombinedOutput()
 	if code := exitCode(err); code != 2 || !strings.Contains(string(out), "other users may read it") {
 		t.Errorf("serve with a 0644 tokens file: exit %d, output:\n%s", code, out)
+	}
+}
+
+// With real Dovecot: once two users (safety.shared_address.min_users=2 here)
+// logged in from one address (a webmail without the browser's address),
+// a guesser's failures there never ban that address, everyone else keeps
+// logging in from it, the guesser's account is banned; an address without
+// that history is banned as before.
+func TestSharedAddressDovecot(t *testing.T) {
+	d := NewDaemon(t, "dovecot.api_header="+testAPIKey, "jails.dovecot.maxretry=3", "jails.dovecot-user.maxretry=4",
+		"safety.shared_address.min_users=2")
+	d.Start()
+	dv := StartDovecot(t, "http://"+d.Dovecot+"/", DovecotOptions{})
+	const webmail, attacker = "127.0.0.5", "127.0.0.6"
+	for _, u := range testUsers {
+		if r := imapLogin(t, dv.IMAP, webmail, u, testPassword); !strings.HasPrefix(r, "a1 OK") {
+			t.Fatalf("%s from the webmail = %q", u, r)
+		}
+	}
+	for i := range 5 {
+		if r := imapLogin(t, dv.IMAP, webmail, "mallory@example.org", fmt.Sprintf("guess%d", i)); !strings.HasPrefix(r, "a1 NO") {
+			t.Fatalf("guess %d from the webmail = %q, want NO", i, r)
+		}
+	}
+	if r := imapLogin(t, dv.IMAP, webmail, testUser, testPassword); !strings.HasPrefix(r, "a1 OK") {
+		t.Errorf("%s from the webmail after 5 failures of another user = %q, want OK", testUser, r)
+	}
+	if r := imapLogin(t, dv.IMAP, webmail, "mallory@example.org", "guess9"); r != "a1 NO [ALERT] "+rejectUserMsg {
+		t.Errorf("the guesser's account after 5 distinct guesses = %q, want the user ban", r)
+	}
+	for range 3 {
+		imapLogin(t, dv.IMAP, attacker, testUser, "wrong")
+	}
+	if r := imapLogin(t, dv.IMAP, attacker, testUser, testPassword); r != "a1 NO [ALERT] "+rejectMsg {
+		t.Errorf("an address with no users after 3 failures = %q, want refused", r)
+	}
+	if out := d.MustCLI("status"); !strings.Contains(out, webmail+"\t2 users") {
+		t.Errorf("status does not list %s as shared:\n%s", webmail, out)
+	}
+	if out := d.MustCLI("status", "dovecot"); strings.Contains(out, webmail) || !strings.Contains(out, attacker) {
+		t.Errorf("status dovecot: want %s banned and %s not:\n%s", attacker, webmail, out)
 	}
 }
