@@ -1,7 +1,6 @@
 package main
 
 import (
-	"crypto/tls"
 	"fmt"
 	"log/slog"
 
@@ -29,11 +28,11 @@ func apiServer(c config.Config, g *guard.Guard, reg *metrics.Registry, log *slog
 		MaxConns: c.API.MaxConns, Log: log.With("frontend", "api"), Metrics: metrics.Frontend{R: reg, Name: "api"},
 	}
 	if c.API.TLSCert != "" {
-		cert, err := tls.LoadX509KeyPair(c.API.TLSCert, c.API.TLSKey)
+		cert, err := api.LoadCertificate(c.API.TLSCert, c.API.TLSKey, s.Log, nil)
 		if err != nil {
 			return nil, &exitError{exitUsage, fmt.Errorf("api.tls_cert, api.tls_key: %w", err)}
 		}
-		s.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		s.TLS = cert.TLSConfig()
 	}
 	return s, nil
 }
