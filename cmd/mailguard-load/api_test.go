@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"context"
 	"net"
-	"regexp"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -55,12 +53,7 @@ func TestAPIRun(t *testing.T) {
 			t.Errorf("output lacks %q:\n%s", want, out.String())
 		}
 	}
-	// One keep-alive connection per worker (net/http may redial one that
-	// broke on a loaded machine, never more than a few).
-	m := append([]string{""}, regexp.MustCompile(`(\d+) connections opened`).FindStringSubmatch(out.String())...)
-	if n, err := strconv.Atoi(m[len(m)-1]); err != nil || n < 4 || n > 8 {
-		t.Errorf("connections opened: %v, want 4 to 8 (one per worker):\n%s", m, out.String())
-	}
+	checkConnsOpened(t, out.String(), 4)
 	// A wrong token is an error, not an answer.
 	out.Reset()
 	args[3] = "Authorization: Bearer wrong-token-0123456789"

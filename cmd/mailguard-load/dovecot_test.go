@@ -115,13 +115,13 @@ func TestDovecotRun(t *testing.T) {
 		t.Fatalf("run = %d, stderr: %s", code, errOut.String())
 	}
 	for _, want := range []string{"1000 answered", "0 errors", "req/s", "p99", "dovecot auth policy",
-		"20% failed reports from 2 of 32 clients, 10 logins; 4 connections opened"} {
+		"20% failed reports from 2 of 32 clients, 10 logins; "} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("output lacks %q:\n%s", want, out.String())
 		}
 	}
-	if n := rec.conns.Load(); n != 4 {
-		t.Errorf("server saw %d connections, want 4 (one keep-alive connection per worker)", n)
+	if n := checkConnsOpened(t, out.String(), 4); rec.conns.Load() != int64(n) {
+		t.Errorf("server saw %d connections, the tool says it opened %d", rec.conns.Load(), n)
 	}
 	got := counts(t, out.String())
 	// 4 workers of 2-request attempts, 40% of them failing: 200 reports, give
@@ -252,4 +252,22 @@ func TestAPIHeaderLine(t *testing.T) {
 			t.Errorf("apiHeaderLine(%q) = %q, %q, want %q, %q", tt.in, name, value, tt.name, tt.value)
 		}
 	}
+}
+
+// checkConnsOpened checks the "N connections opened" the tool prints: one
+// keep-alive connection per worker, and net/http may redial one that broke
+// on a loaded machine, never many (1000 requests would be 1000 without
+// keep-alive). It returns N.
+func checkConnsOpened(t *testing.T, out string, workers int) int {
+	t.Helper()
+	m := regexp.MustCompile(`(\d+) connections opened`).FindStringSubmatch(out)
+	if m == nil {
+		t.Errorf("output lacks the connections opened:\n%s", out)
+		return -1
+	}
+	n, _ := strconv.Atoi(m[1])
+	if n < workers || n > 2*workers {
+		t.Errorf("%d connections opened, want %d to %d (one per worker):\n%s", n, workers, 2*workers, out)
+	}
+	return n
 }
