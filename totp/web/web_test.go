@@ -1,0 +1,483 @@
+package web
+
+import (
+	"bytes"
+	"errors"
+	"image/png"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/cookiejar"
+	"net/http/httptest"
+	"net/netip"
+	"net/url"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pquerna/otp/totp"
+)
+
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *clock) add(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+// site is a Server over a fakeService on a real listener, with a browser-
+// like client (cookie jar, no redirects followed automatically).
+type site struct {
+	t     *testing.T
+	clk   *clock
+	fake  *fakeService
+	srv   *Server
+	hs    *httptest.Server
+	jar   http.CookieJar
+	hc    *http.Client
+	proxy http.Header // headers every request carries (a proxy's)
+}
+
+func newSite(t *testing.T, configure func(*Server)) *site {
+	t.Helper()
+	clk := &clock{t: time.Date(2026, 11, 29, 10, 0, 5, 0, time.UTC)}
+	fake := newFake(clk.now)
+	srv := &Server{Service: fake, TrustTTL: 30 * 24 * time.Hour, Log: slog.New(slog.DiscardHandler), now: clk.now}
+	if configure != nil {
+		configure(srv)
+	}
+	hs := httptest.NewServer(srv)
+	t.Cleanup(hs.Close)
+	jar, _ := cookiejar.New(nil)
+	hc := &http.Client{Jar: jar, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	return &site{t: t, clk: clk, fake: fake, srv: srv, hs: hs, jar: jar, hc: hc, proxy: http.Header{}}
+}
+
+type response struct {
+	status int
+	header http.Header
+	body   string
+}
+
+func (s *site) do(method, path string, form url.Values) response {
+	s.t.Helper()
+	var body io.Reader
+	if form != nil {
+		body = strings.NewReader(form.Encode())
+	}
+	req, err := http.NewRequest(method, s.hs.URL+path, body)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	if form != nil {
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	}
+	for k, v := range s.proxy {
+		req.Header[k] = v
+	}
+	resp, err := s.hc.Do(req)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return response{resp.StatusCode, resp.Header, string(b)}
+}
+
+var csrfRE = regexp.MustCompile(`name="csrf" value="([^"]+)"`)
+
+func csrfOf(t *testing.T, body string) string {
+	t.Helper()
+	m := csrfRE.FindStringSubmatch(body)
+	if m == nil {
+		t.Fatalf("no csrf token in page:\n%s", body)
+	}
+	return m[1]
+}
+
+func (s *site) code(secret string) string {
+	c, err := totp.GenerateCode(secret, s.clk.now())
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return c
+}
+
+// signIn signs user in with a current code.
+func (s *site) signIn(user, secret string) response {
+	s.t.Helper()
+	home := s.do("GET", "/", nil)
+	r := s.do("POST", "/login", url.Values{"csrf": {csrfOf(s.t, home.body)}, "login": {user}, "code": {s.code(secret)}})
+	if r.status != http.StatusSeeOther {
+		s.t.Fatalf("sign in %s: status %d, want 303:\n%s", user, r.status, r.body)
+	}
+	return s.do("GET", "/", nil)
+}
+
+func TestSecurityHeaders(t *testing.T) {
+	s := newSite(t, func(srv *Server) { srv.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")} })
+	s.fake.link("alice", "tok")
+	want := map[string]string{
+		"X-Frame-Options":        "DENY",
+		"Referrer-Policy":        "no-referrer",
+		"X-Content-Type-Options": "nosniff",
+		"Cache-Control":          "no-store",
+	}
+	for _, tc := range []struct {
+		name, method, path string
+		proto              string // X-Forwarded-Proto from the (trusted) proxy
+		status             int
+	}{
+		{"login page", "GET", "/", "http", 200},
+		{"login page over https", "GET", "/", "https", 200},
+		{"no such page", "GET", "/admin", "https", 404},
+		{"wrong method", "DELETE", "/", "https", 405},
+		{"enrolment", "GET", "/enrol/tok", "https", 200},
+		{"qr code", "GET", "/enrol/tok/qr.png", "https", 200},
+		{"bad link", "GET", "/enrol/nope", "https", 404},
+		{"form without token", "POST", "/login", "https", 403},
+	} {
+		s.proxy = http.Header{"X-Forwarded-For": {"203.0.113.5"}, "X-Forwarded-Proto": {tc.proto}}
+		r := s.do(tc.method, tc.path, url.Values{})
+		if r.status != tc.status {
+			t.Errorf("%s: status %d, want %d", tc.name, r.status, tc.status)
+		}
+		for k, v := range want {
+			if got := r.header.Get(k); got != v {
+				t.Errorf("%s: %s = %q, want %q", tc.name, k, got, v)
+			}
+		}
+		csp := r.header.Get("Content-Security-Policy")
+		for _, d := range []string{"default-src 'none'", "frame-ancestors 'none'", "form-action 'self'"} {
+			if !strings.Contains(csp, d) {
+				t.Errorf("%s: Content-Security-Policy %q lacks %q", tc.name, csp, d)
+			}
+		}
+		if hsts := r.header.Get("Strict-Transport-Security"); (hsts != "") != (tc.proto == "https") {
+			t.Errorf("%s over %s: Strict-Transport-Security %q", tc.name, tc.proto, hsts)
+		}
+	}
+	// X-Forwarded-Proto from a peer that is not a trusted proxy is ignored.
+	s2 := newSite(t, nil)
+	s2.proxy = http.Header{"X-Forwarded-Proto": {"https"}}
+	if r := s2.do("GET", "/", nil); r.header.Get("Strict-Transport-Security") != "" {
+		t.Error("untrusted peer's X-Forwarded-Proto https turned HSTS on")
+	}
+}
+
+func TestClientAddress(t *testing.T) {
+	srv := &Server{TrustedProxies: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32"), netip.MustParsePrefix("10.0.0.0/8")}}
+	for _, tc := range []struct {
+		name, remote string
+		xff          []string
+		want         string // "" : refused
+		https        bool
+	}{
+		{"direct client", "198.51.100.7:4000", nil, "198.51.100.7", false},
+		{"direct client's forged header ignored", "198.51.100.7:4000", []string{"192.0.2.1"}, "198.51.100.7", false},
+		{"mapped address unmapped", "[::ffff:198.51.100.7]:4000", nil, "198.51.100.7", false},
+		{"through the proxy", "127.0.0.1:4000", []string{"203.0.113.5"}, "203.0.113.5", false},
+		{"client's own entry before the proxy's is not believed", "127.0.0.1:4000", []string{"192.0.2.1, 203.0.113.5"}, "203.0.113.5", false},
+		{"two trusted proxies", "127.0.0.1:4000", []string{"203.0.113.5, 10.1.2.3"}, "203.0.113.5", false},
+		{"header lines joined", "127.0.0.1:4000", []string{"192.0.2.1", "203.0.113.5"}, "203.0.113.5", false},
+		{"ipv6 with port", "127.0.0.1:4000", []string{"[2001:db8::1]:555"}, "2001:db8::1", false},
+		{"only trusted hops: the left-most", "127.0.0.1:4000", []string{"10.9.9.9, 10.1.2.3"}, "10.9.9.9", false},
+		{"proxy without the header", "127.0.0.1:4000", nil, "", false},
+		{"garbage entry", "127.0.0.1:4000", []string{"unknown"}, "", false},
+	} {
+		r := httptest.NewRequest("GET", "/", nil)
+		r.RemoteAddr = tc.remote
+		for _, v := range tc.xff {
+			r.Header.Add("X-Forwarded-For", v)
+		}
+		c, err := srv.client(r)
+		switch {
+		case tc.want == "" && err == nil:
+			t.Errorf("%s: client = %v, want an error", tc.name, c.addr)
+		case tc.want != "" && (err != nil || c.addr.String() != tc.want):
+			t.Errorf("%s: client = %v, %v; want %s", tc.name, c.addr, err, tc.want)
+		}
+	}
+	// A trusted proxy without X-Forwarded-For gets 400: its own address
+	// must never be offered for approval.
+	s := newSite(t, func(srv *Server) { srv.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")} })
+	if r := s.do("GET", "/", nil); r.status != http.StatusBadRequest {
+		t.Errorf("trusted proxy without X-Forwarded-For: status %d, want 400", r.status)
+	}
+}
+
+func TestApprove(t *testing.T) {
+	s := newSite(t, func(srv *Server) { srv.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")} })
+	s.proxy = http.Header{"X-Forwarded-For": {"203.0.113.5"}}
+	alice := s.fake.enrol("alice@example.org")
+	bob := s.fake.enrol("bob@example.org")
+	now := s.clk.now()
+	s.fake.pending["alice@example.org"] = []Pending{
+		{Prefix: netip.MustParsePrefix("198.51.100.7/32"), Protocol: "imap", At: now.Add(-2 * time.Minute)},
+		{Prefix: netip.MustParsePrefix("2001:db8:1::/56"), Protocol: "smtp", At: now.Add(-3 * time.Hour)},
+		{Prefix: netip.MustParsePrefix("198.51.100.7/32"), Protocol: "pop3", At: now.Add(-30 * time.Second)},
+	}
+	s.fake.pending["bob@example.org"] = []Pending{{Prefix: netip.MustParsePrefix("192.0.2.99/32"), Protocol: "imap", At: now}}
+
+	home := s.do("GET", "/", nil)
+	for _, want := range []string{`<label for="login">`, `<label for="code">`, `autocomplete="one-time-code"`, "autofocus"} {
+		if !strings.Contains(home.body, want) {
+			t.Errorf("login page lacks %s", want)
+		}
+	}
+	// A wrong code, and a user who is not enrolled, get the same answer.
+	for _, who := range []string{"alice@example.org", "nobody@example.org"} {
+		r := s.do("POST", "/login", url.Values{"csrf": {csrfOf(t, home.body)}, "login": {who}, "code": {"000000"}})
+		if r.status != http.StatusForbidden || !strings.Contains(r.body, "The login or the code was not accepted") {
+			t.Errorf("wrong code for %s: status %d:\n%s", who, r.status, r.body)
+		}
+		if !strings.Contains(r.body, `role="alert"`) || !strings.Contains(r.body, `aria-invalid="true"`) {
+			t.Errorf("wrong code for %s: the error is not announced", who)
+		}
+	}
+	page := s.signIn("alice@example.org", alice)
+	for _, want := range []string{
+		"IMAP from 198.51.100.7, 2 minutes ago",
+		"SMTP from 2001:db8:1::/56, 3 hours ago",
+		"POP3 from 198.51.100.7, just now",
+		"This browser&#39;s address, 203.0.113.5 (approves its network 203.0.113.0/24)",
+		"for 30 days",
+	} {
+		if !strings.Contains(page.body, want) {
+			t.Errorf("approval page lacks %q:\n%s", want, page.body)
+		}
+	}
+	if strings.Contains(page.body, "192.0.2.99") || strings.Contains(page.body, "bob") {
+		t.Errorf("approval page of alice shows bob's logins:\n%s", page.body)
+	}
+	csrf := csrfOf(t, page.body)
+
+	// Another user's pending login cannot be approved by posting it.
+	r := s.do("POST", "/approve", url.Values{"csrf": {csrf}, "approve": {"192.0.2.99/32"}})
+	if r.status != http.StatusBadRequest || len(s.fake.trustedOf("alice@example.org")) != 0 {
+		t.Errorf("approving bob's network as alice: status %d, trusted %v", r.status, s.fake.trustedOf("alice@example.org"))
+	}
+	r = s.do("POST", "/approve", url.Values{"csrf": {csrf}})
+	if r.status != http.StatusBadRequest || !strings.Contains(r.body, "Choose at least one") {
+		t.Errorf("approving nothing: status %d", r.status)
+	}
+	// Several at once, the browser's own network among them.
+	r = s.do("POST", "/approve", url.Values{"csrf": {csrf}, "approve": {"198.51.100.7/32", "203.0.113.0/24", "198.51.100.7/32"}})
+	if r.status != http.StatusOK || !strings.Contains(r.body, "IMAP from 198.51.100.7") || !strings.Contains(r.body, "203.0.113.5") {
+		t.Fatalf("approve: status %d:\n%s", r.status, r.body)
+	}
+	got := s.fake.trustedOf("alice@example.org")
+	want := map[netip.Prefix]time.Duration{
+		netip.MustParsePrefix("198.51.100.7/32"): 30 * 24 * time.Hour,
+		netip.MustParsePrefix("203.0.113.0/24"):  30 * 24 * time.Hour,
+	}
+	if len(got) != len(want) || got[netip.MustParsePrefix("198.51.100.7/32")] != want[netip.MustParsePrefix("198.51.100.7/32")] ||
+		got[netip.MustParsePrefix("203.0.113.0/24")] != want[netip.MustParsePrefix("203.0.113.0/24")] {
+		t.Errorf("trusted = %v, want %v", got, want)
+	}
+	if len(s.fake.trustedOf("bob@example.org")) != 0 {
+		t.Error("bob got an approval")
+	}
+	// The list now shows what is left.
+	page = s.do("GET", "/", nil)
+	if strings.Contains(page.body, "198.51.100.7") || !strings.Contains(page.body, "2001:db8:1::/56") {
+		t.Errorf("after approval the page shows:\n%s", page.body)
+	}
+	// Signing out ends the session.
+	r = s.do("POST", "/logout", url.Values{"csrf": {csrfOf(t, page.body)}})
+	if r.status != http.StatusSeeOther || s.srv.sessions.len() != 0 {
+		t.Errorf("logout: status %d, %d sessions left", r.status, s.srv.sessions.len())
+	}
+	if page := s.do("GET", "/", nil); !strings.Contains(page.body, `<label for="login">`) {
+		t.Error("after logout the page is not the login form")
+	}
+	_ = bob
+}
+
+func TestCSRF(t *testing.T) {
+	s := newSite(t, nil)
+	secret := s.fake.enrol("alice")
+	home := s.do("GET", "/", nil)
+	token := csrfOf(t, home.body)
+	// Another browser (no cookie, or another cookie) cannot use the token.
+	other := newSite(t, nil)
+	other.hs.Close()
+	other.hs = s.hs
+	for _, tc := range []struct {
+		name string
+		site *site
+		form url.Values
+	}{
+		{"no token", s, url.Values{"login": {"alice"}, "code": {s.code(secret)}}},
+		{"wrong token", s, url.Values{"csrf": {token + "x"}, "login": {"alice"}, "code": {s.code(secret)}}},
+		{"token without its cookie", other, url.Values{"csrf": {token}, "login": {"alice"}, "code": {s.code(secret)}}},
+	} {
+		if r := tc.site.do("POST", "/login", tc.form); r.status != http.StatusForbidden || s.srv.sessions.len() != 0 {
+			t.Errorf("%s: status %d, %d sessions", tc.name, r.status, s.srv.sessions.len())
+		}
+	}
+	page := s.signIn("alice", secret)
+	s.fake.pending["alice"] = []Pending{{Prefix: netip.MustParsePrefix("198.51.100.7/32"), Protocol: "imap", At: s.clk.now()}}
+	// The anonymous form's token does not approve: the session's is needed.
+	if r := s.do("POST", "/approve", url.Values{"csrf": {token}, "approve": {"198.51.100.7/32"}}); r.status != http.StatusForbidden {
+		t.Errorf("approve with the login form's token: status %d, want 403", r.status)
+	}
+	if r := s.do("POST", "/approve", url.Values{"csrf": {csrfOf(t, page.body)}, "approve": {"198.51.100.7/32"}}); r.status != http.StatusOK {
+		t.Errorf("approve with the session's token: status %d, want 200", r.status)
+	}
+}
+
+func TestSessionExpires(t *testing.T) {
+	s := newSite(t, func(srv *Server) { srv.SessionTTL = 5 * time.Minute })
+	secret := s.fake.enrol("alice")
+	s.fake.pending["alice"] = []Pending{{Prefix: netip.MustParsePrefix("198.51.100.7/32"), Protocol: "imap", At: s.clk.now()}}
+	page := s.signIn("alice", secret)
+	s.clk.add(5*time.Minute - time.Second)
+	if r := s.do("GET", "/", nil); !strings.Contains(r.body, "198.51.100.7") {
+		t.Fatal("session ended before its time")
+	}
+	s.clk.add(time.Second)
+	if r := s.do("GET", "/", nil); strings.Contains(r.body, "198.51.100.7") || !strings.Contains(r.body, `<label for="login">`) {
+		t.Errorf("session still open after SessionTTL:\n%s", r.body)
+	}
+	r := s.do("POST", "/approve", url.Values{"csrf": {csrfOf(t, page.body)}, "approve": {"198.51.100.7/32"}})
+	if r.status != http.StatusForbidden || !strings.Contains(r.body, "Your session ended") || len(s.fake.trustedOf("alice")) != 0 {
+		t.Errorf("approve after expiry: status %d, trusted %v", r.status, s.fake.trustedOf("alice"))
+	}
+}
+
+func TestSessionsBounded(t *testing.T) {
+	t0 := time.Unix(1_700_000_000, 0)
+	ss := &sessions{ttl: time.Minute, max: 3}
+	var ids []string
+	for i := range 5 {
+		ids = append(ids, ss.add("u", t0.Add(time.Duration(i)*time.Second)).id)
+		if n := ss.len(); n > 3 {
+			t.Fatalf("after %d sessions %d held, max 3", i+1, n)
+		}
+	}
+	now := t0.Add(5 * time.Second)
+	for i, id := range ids {
+		_, ok := ss.get(id, now)
+		if want := i >= 2; ok != want {
+			t.Errorf("session %d held = %v, want %v (the oldest make room)", i, ok, want)
+		}
+	}
+	// Expired ones go first.
+	ss.add("u", t0.Add(time.Minute+3*time.Second))
+	if _, ok := ss.get(ids[4], t0.Add(time.Minute+3*time.Second)); !ok {
+		t.Error("a live session was evicted while an expired one was held")
+	}
+}
+
+func TestBodyBounded(t *testing.T) {
+	s := newSite(t, func(srv *Server) { srv.MaxBody = 1024 })
+	home := s.do("GET", "/", nil)
+	r := s.do("POST", "/login", url.Values{"csrf": {csrfOf(t, home.body)}, "login": {strings.Repeat("a", 4096)}, "code": {"123456"}})
+	if r.status != http.StatusRequestEntityTooLarge {
+		t.Errorf("4 KiB form with MaxBody 1 KiB: status %d, want 413", r.status)
+	}
+}
+
+func TestServiceFailure(t *testing.T) {
+	s := newSite(t, nil)
+	secret := s.fake.enrol("alice")
+	home := s.do("GET", "/", nil)
+	s.fake.fail = errors.New("store: dial tcp 10.0.0.9:6379: refused")
+	r := s.do("POST", "/login", url.Values{"csrf": {csrfOf(t, home.body)}, "login": {"alice"}, "code": {s.code(secret)}})
+	if r.status != http.StatusServiceUnavailable || strings.Contains(r.body, "10.0.0.9") {
+		t.Errorf("service down: status %d, body shows the error:\n%s", r.status, r.body)
+	}
+	if s.srv.sessions.len() != 0 {
+		t.Error("a failed verification opened a session")
+	}
+}
+
+func TestEnrol(t *testing.T) {
+	s := newSite(t, nil)
+	key := s.fake.link("carol@example.org", "tok-123")
+	page := s.do("GET", "/enrol/tok-123", nil)
+	if page.status != http.StatusOK {
+		t.Fatalf("enrolment page: status %d", page.status)
+	}
+	m := regexp.MustCompile(`<code id="secret" class="secret">([A-Z2-7 ]+)</code>`).FindStringSubmatch(page.body)
+	if m == nil || strings.ReplaceAll(m[1], " ", "") != key.Secret() {
+		t.Fatalf("enrolment page does not show the secret %s:\n%s", key.Secret(), page.body)
+	}
+	if !strings.Contains(page.body, `src="tok-123/qr.png"`) || !strings.Contains(page.body, "carol@example.org") {
+		t.Errorf("enrolment page lacks the QR code or the user:\n%s", page.body)
+	}
+	qr := s.do("GET", "/enrol/tok-123/qr.png", nil)
+	img, err := png.Decode(bytes.NewReader([]byte(qr.body)))
+	if err != nil || qr.header.Get("Content-Type") != "image/png" || img.Bounds().Dx() != 256 {
+		t.Fatalf("qr.png: %v, %s", err, qr.header.Get("Content-Type"))
+	}
+	// A wrong first code does not enrol.
+	r := s.do("POST", "/enrol/tok-123", url.Values{"csrf": {csrfOf(t, page.body)}, "code": {"000000"}})
+	if r.status != http.StatusForbidden || !strings.Contains(r.body, "not accepted") || s.fake.secrets["carol@example.org"] != "" {
+		t.Fatalf("wrong first code: status %d", r.status)
+	}
+	r = s.do("POST", "/enrol/tok-123", url.Values{"csrf": {csrfOf(t, r.body)}, "code": {s.code(key.Secret())}})
+	if r.status != http.StatusOK || !strings.Contains(r.body, "Two-factor sign-in is on") || s.fake.secrets["carol@example.org"] != key.Secret() {
+		t.Fatalf("right first code: status %d:\n%s", r.status, r.body)
+	}
+	if !strings.Contains(r.body, `href="../"`) {
+		t.Errorf("the enrolled page does not link to the approval page:\n%s", r.body)
+	}
+	// The link is used up.
+	for _, p := range []string{"/enrol/tok-123", "/enrol/tok-123/qr.png", "/enrol/" + strings.Repeat("x", 200)} {
+		if r := s.do("GET", p, nil); r.status != http.StatusNotFound {
+			t.Errorf("GET %.40s: status %d, want 404", p, r.status)
+		}
+	}
+}
+
+// TestBasePath: published under /mailguard/, with or without the proxy
+// stripping it, cookies are scoped to it and links stay relative.
+func TestBasePath(t *testing.T) {
+	s := newSite(t, func(srv *Server) { srv.BasePath = "/mailguard" })
+	for _, p := range []string{"/", "/mailguard/"} {
+		r := s.do("GET", p, nil)
+		if r.status != http.StatusOK || !strings.Contains(r.body, `action="login"`) || !strings.Contains(r.body, `href="./style.css"`) {
+			t.Errorf("GET %s: status %d", p, r.status)
+		}
+		if c := r.header.Get("Set-Cookie"); c != "" && !strings.Contains(c, "Path=/mailguard/") {
+			t.Errorf("GET %s: cookie %s", p, c)
+		}
+	}
+}
+
+func TestWords(t *testing.T) {
+	for _, tc := range []struct {
+		d    time.Duration
+		ago  string
+		span string
+	}{
+		{0, "just now", ""},
+		{59 * time.Second, "just now", "1 minute"},
+		{time.Minute, "1 minute ago", "1 minute"},
+		{2*time.Minute + 59*time.Second, "2 minutes ago", "3 minutes"},
+		{time.Hour, "1 hour ago", "1 hour"},
+		{47 * time.Hour, "47 hours ago", "47 hours"},
+		{30 * 24 * time.Hour, "30 days ago", "30 days"},
+	} {
+		if got := ago(tc.d); got != tc.ago {
+			t.Errorf("ago(%v) = %q, want %q", tc.d, got, tc.ago)
+		}
+		if got := duration(tc.d); got != tc.span {
+			t.Errorf("duration(%v) = %q, want %q", tc.d, got, tc.span)
+		}
+	}
+}
