@@ -146,7 +146,7 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 	}
 	sess := s.sessions.add(login, s.now())
 	s.setCookie(w, clientOf(r), sessionCookie, sess.id, s.sessions.ttl)
-	http.Redirect(w, r, "./", http.StatusSeeOther)
+	seeStart(w)
 }
 
 // approvePage lists the signed-in user's refused logins and the browser's
@@ -179,7 +179,7 @@ func (s *Server) choices(r *http.Request, sess session) (pending []choice, brows
 		}
 		pending = append(pending, choice{
 			Value: p.Prefix.Masked().String(),
-			Label: fmt.Sprintf("%s from %s, %s", protocol(p.Protocol), network(p.Prefix), ago(now.Sub(p.At))),
+			Label: fmt.Sprintf("%s from %s, %s", protocol(p.Protocol), netLabel(p.Prefix), ago(now.Sub(p.At))),
 		})
 	}
 	if a := clientOf(r).addr; a.IsValid() {
@@ -276,7 +276,7 @@ func (s *Server) logout(w http.ResponseWriter, r *http.Request) {
 		s.sessions.end(sess.id)
 	}
 	s.setCookie(w, clientOf(r), sessionCookie, "", -time.Second)
-	http.Redirect(w, r, "./", http.StatusSeeOther)
+	seeStart(w)
 }
 
 // enrolment returns the token's user and key, or answers the request.
@@ -391,6 +391,14 @@ func (s *Server) tooLarge(w http.ResponseWriter, r *http.Request, err error) {
 	s.fail(w, r, http.StatusBadRequest, "The form could not be read.")
 }
 
+// seeStart sends the browser to the start page. The Location is
+// relative to the URL the browser sees, which may have a path the proxy
+// strips (http.Redirect would resolve it against the stripped one).
+func seeStart(w http.ResponseWriter) {
+	w.Header().Set("Location", "./")
+	w.WriteHeader(http.StatusSeeOther)
+}
+
 // digits returns the code without the spaces people type into it.
 func digits(code string) string {
 	return strings.Join(strings.Fields(code), "")
@@ -425,9 +433,9 @@ func protocol(p string) string {
 	return strings.ToUpper(p)
 }
 
-// network shows a pending login's network: its address when the prefix is
+// netLabel shows a pending login's network: its address when the prefix is
 // one address.
-func network(p netip.Prefix) string {
+func netLabel(p netip.Prefix) string {
 	if p.IsSingleIP() {
 		return p.Addr().String()
 	}

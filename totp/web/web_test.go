@@ -457,6 +457,17 @@ func TestBasePath(t *testing.T) {
 			t.Errorf("GET %s: cookie %s", p, c)
 		}
 	}
+	// The redirect after signing in is relative to the URL the browser
+	// sees, not to the path the proxy stripped.
+	secret := s.fake.enrol("alice")
+	home := s.do("GET", "/mailguard/", nil)
+	r := s.do("POST", "/mailguard/login", url.Values{"csrf": {csrfOf(t, home.body)}, "login": {"alice"}, "code": {s.code(secret)}})
+	if loc := r.header.Get("Location"); r.status != http.StatusSeeOther || loc != "./" {
+		t.Errorf("sign in: status %d, Location %q; want 303 ./", r.status, loc)
+	}
+	if r := s.do("GET", "/mailguard/", nil); !strings.Contains(r.body, "Signed in as") {
+		t.Error("the session cookie does not reach /mailguard/")
+	}
 }
 
 func TestWords(t *testing.T) {
