@@ -15,6 +15,10 @@ TEST_BINS   := redis-server redis-cli nft iptables ipset ip postfix dovecot
 # not set up (debconf answers below): the test writes its own config.
 WEBMAIL_DEBS := nginx php-fpm roundcube-core roundcube-sqlite3
 WEBMAIL_DEBCONF := roundcube-core roundcube/dbconfig-install boolean false\nroundcube-core roundcube/reconfigure-webserver multiselect \nroundcube-core roundcube/restart-webserver boolean false\n
+# The TOTP page's browser test drives Debian's headless chromium through
+# nginx (TLS), as README's TOTP section sets it up.
+TEST_DEBS   += chromium nginx
+TEST_BINS   += chromium nginx
 
 .PHONY: all build run test deps lint bench load clean
 

@@ -8,7 +8,7 @@ import (
 	"fmt"
 )
 
-//go:embed dovecot/*.conf postfix/main.cf
+//go:embed dovecot/*.conf postfix/main.cf nginx/mailguard-totp.conf
 var files embed.FS
 
 // Names of the embedded files.
@@ -16,6 +16,8 @@ const (
 	PostfixMain = "postfix/main.cf"
 	Dovecot23   = "dovecot/95-mailguard.conf"
 	Dovecot24   = "dovecot/95-mailguard-2.4.conf"
+	// NginxTOTP is the location block of the TOTP page (README, TOTP).
+	NginxTOTP = "nginx/mailguard-totp.conf"
 )
 
 // File returns an embedded file by name (PostfixMain, Dovecot23, Dovecot24).

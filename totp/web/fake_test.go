@@ -23,7 +23,8 @@ type fakeService struct {
 	lastStep map[string]int64
 	pending  map[string][]Pending
 	trusted  map[string]map[netip.Prefix]time.Duration
-	fail     error // when set, every call fails with it
+	fail     error      // when set, every call fails with it
+	from     netip.Addr // the address of the last Verify
 }
 
 func newFake(now func() time.Time) *fakeService {
@@ -71,9 +72,10 @@ func (f *fakeService) check(user, secret, code string) error {
 	return fmt.Errorf("fake: wrong code: %w", ErrRefused)
 }
 
-func (f *fakeService) Verify(_ context.Context, user, code string, _ netip.Addr) error {
+func (f *fakeService) Verify(_ context.Context, user, code string, from netip.Addr) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.from = from
 	if f.fail != nil {
 		return f.fail
 	}

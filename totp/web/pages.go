@@ -179,7 +179,7 @@ func (s *Server) choices(r *http.Request, sess session) (pending []choice, brows
 		}
 		pending = append(pending, choice{
 			Value: p.Prefix.Masked().String(),
-			Label: fmt.Sprintf("%s from %s, %s", protocol(p.Protocol), netLabel(p.Prefix), ago(now.Sub(p.At))),
+			Label: fmt.Sprintf("%s from %s, %s", protocol(p.Protocol), netLabel(p), ago(now.Sub(p.At))),
 		})
 	}
 	if a := clientOf(r).addr; a.IsValid() {
@@ -433,13 +433,17 @@ func protocol(p string) string {
 	return strings.ToUpper(p)
 }
 
-// netLabel shows a pending login's network: its address when the prefix is
-// one address.
-func netLabel(p netip.Prefix) string {
-	if p.IsSingleIP() {
-		return p.Addr().String()
+// netLabel shows where a pending login came from: its address when known,
+// else its network.
+func netLabel(p Pending) string {
+	switch {
+	case p.Addr.IsValid():
+		return p.Addr.String()
+	case p.Prefix.IsSingleIP():
+		return p.Prefix.Addr().String()
+	default:
+		return p.Prefix.Masked().String()
 	}
-	return p.Masked().String()
 }
 
 // ago says how long ago something was, in words.

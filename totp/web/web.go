@@ -59,6 +59,7 @@ type Service interface {
 // Pending is one refused login waiting for approval.
 type Pending struct {
 	Prefix   netip.Prefix // the client's network, as approvals cover it
+	Addr     netip.Addr   // the client's last address in it (zero: unknown)
 	Protocol string       // imap, pop3, smtp (as Dovecot names it)
 	At       time.Time
 }
