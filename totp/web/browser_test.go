@@ -48,10 +48,10 @@ func TestBrowser(t *testing.T) {
 		srv.BasePath = "/mailguard/"
 	})
 	base := behindNginx(t, strings.TrimPrefix(s.hs.URL, "http://"))
-	s.fake.link("dave@example.org", "link-token-1")
+	tok := s.svc.link(t, "dave@example.org")
 
 	browsertest.Do(t, ctx, "enrolment page",
-		chromedp.Navigate(base+"enrol/link-token-1"),
+		chromedp.Navigate(base+"enrol/"+tok),
 		chromedp.WaitVisible(chromedp.ID("secret")),
 	)
 	secret := strings.ReplaceAll(browsertest.Get(t, ctx, "secret", chromedp.Text(chromedp.ID("secret"))), " ", "")
@@ -64,8 +64,8 @@ func TestBrowser(t *testing.T) {
 	if focused != "code" {
 		t.Errorf("focus on the enrolment page is on %q, want the code field", focused)
 	}
-	if qrWidth != 256 {
-		t.Errorf("QR code image: naturalWidth %d, want 256 (not loaded?)", qrWidth)
+	if qrWidth < 200 {
+		t.Errorf("QR code image: naturalWidth %d, want about 256 (not loaded?)", qrWidth)
 	}
 	code := func() string {
 		c, err := totp.GenerateCode(secret, s.clk.now())
@@ -82,12 +82,7 @@ func TestBrowser(t *testing.T) {
 
 	// A mail program is refused from 198.51.100.7; approve it with the
 	// next code (the first one is used up).
-	s.fake.mu.Lock()
-	s.fake.pending["dave@example.org"] = []Pending{{
-		Prefix: netip.MustParsePrefix("198.51.100.0/24"), Addr: netip.MustParseAddr("198.51.100.7"),
-		Protocol: "imap", At: s.clk.now().Add(-2 * time.Minute),
-	}}
-	s.fake.mu.Unlock()
+	s.svc.refused(t, "dave@example.org", "198.51.100.7", 24, "imap", s.clk.now().Add(-2*time.Minute))
 	s.clk.add(30 * time.Second)
 	browsertest.Do(t, ctx, "signing in",
 		chromedp.Click(chromedp.CSS("main a"), chromedp.NodeVisible),
@@ -108,7 +103,7 @@ func TestBrowser(t *testing.T) {
 	if want := "IMAP from 198.51.100.7, 2 minutes ago"; label != want {
 		t.Errorf("pending login reads %q, want %q", label, want)
 	}
-	if got := s.fake.trustedOf("dave@example.org"); len(got) != 1 || got[netip.MustParsePrefix("198.51.100.0/24")] == 0 {
+	if got := s.svc.approved(t, "dave@example.org"); len(got) != 1 || got[netip.MustParsePrefix("198.51.100.0/24")] == 0 {
 		t.Errorf("approved networks: %v, want 198.51.100.0/24", got)
 	}
 }
@@ -122,7 +117,7 @@ func TestNginx(t *testing.T) {
 		srv.BasePath = "/mailguard/"
 	})
 	base := behindNginx(t, strings.TrimPrefix(s.hs.URL, "http://"))
-	s.fake.link("erin@example.org", "tok-9")
+	tok := s.svc.link(t, "erin@example.org")
 	jar, _ := cookiejar.New(nil)
 	c := &http.Client{Jar: jar, Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}},
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
@@ -159,13 +154,10 @@ func TestNginx(t *testing.T) {
 	if resp.StatusCode != http.StatusForbidden {
 		t.Errorf("wrong code through nginx: status %d, want 403", resp.StatusCode)
 	}
-	s.fake.mu.Lock()
-	from := s.fake.from
-	s.fake.mu.Unlock()
-	if from != netip.MustParseAddr("127.0.0.1") {
+	if from := s.svc.lastFrom(); from != netip.MustParseAddr("127.0.0.1") {
 		t.Errorf("the page saw the browser at %v, want 127.0.0.1 (nginx replaces the forged 192.0.2.66)", from)
 	}
-	if resp, page := get(base+"enrol/tok-9", nil); resp.StatusCode != 200 || !strings.Contains(page, "erin@example.org") {
+	if resp, page := get(base+"enrol/"+tok, nil); resp.StatusCode != 200 || !strings.Contains(page, "erin@example.org") {
 		t.Errorf("enrolment link through nginx: status %d", resp.StatusCode)
 	}
 }

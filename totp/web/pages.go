@@ -7,13 +7,14 @@ import (
 	"errors"
 	"fmt"
 	"html/template"
-	"image/png"
 	"net/http"
 	"net/netip"
 	"strings"
 	"time"
 
 	"github.com/pquerna/otp"
+
+	"github.com/mailguard/mailguard/totp"
 )
 
 //go:embed templates
@@ -33,6 +34,9 @@ const (
 	maxCode     = 12
 	maxToken    = 128
 	maxApproved = 64
+	// qrSize is the QR code's size in pixels (on the page and, about, in
+	// the PNG).
+	qrSize = 256
 )
 
 // page is what a template shows.
@@ -51,6 +55,7 @@ type page struct {
 	Approved []string
 	// The enrolment page.
 	QR, Secret string
+	QRSize     int
 }
 
 // choice is a network the user may approve.
@@ -58,7 +63,7 @@ type choice struct{ Value, Label string }
 
 func (s *Server) render(w http.ResponseWriter, status int, name string, p page) {
 	var b bytes.Buffer
-	p.MaxLogin = maxLogin
+	p.MaxLogin, p.QRSize = maxLogin, qrSize
 	if err := pages[name].ExecuteTemplate(&b, "layout.html", p); err != nil {
 		s.log.Error("totp web: template", "page", name, "err", err)
 		http.Error(w, "internal error", http.StatusInternalServerError)
@@ -95,9 +100,23 @@ func (s *Server) unavailable(w http.ResponseWriter, r *http.Request, op string, 
 }
 
 const (
-	msgRefused = "The login or the code was not accepted. Check the login and enter the code your app shows now; after several wrong codes you have to wait a while."
-	msgExpired = "The form expired or your browser refused this site's cookie. Please try again."
+	msgRefused  = "The login or the code was not accepted. Check the login and enter the code your app shows now (each code works once)."
+	msgTooMany  = "Too many wrong codes. Wait a few minutes, then try again with the code your app shows then."
+	msgExpired  = "The form expired or your browser refused this site's cookie. Please try again."
+	msgBadEnrol = "The code was not accepted. Check that the app shows this account and enter the code it shows now."
 )
+
+// refusal returns what to tell the user about a Service error that is
+// their doing, or "" for a failure. msg is the answer to a wrong code.
+func refusal(err error, msg string) string {
+	switch {
+	case errors.Is(err, totp.ErrRefused):
+		return msgTooMany
+	case errors.Is(err, totp.ErrWrongCode), errors.Is(err, totp.ErrReplay), errors.Is(err, totp.ErrNotEnrolled):
+		return msg
+	}
+	return ""
+}
 
 // home shows the login form, or the refused logins once signed in.
 func (s *Server) home(w http.ResponseWriter, r *http.Request) {
@@ -134,8 +153,8 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := s.ctx(r)
 	defer cancel()
 	if err := s.Service.Verify(ctx, login, code, clientOf(r).addr); err != nil {
-		if errors.Is(err, ErrRefused) {
-			s.loginPage(w, r, http.StatusForbidden, login, msgRefused)
+		if msg := refusal(err, msgRefused); msg != "" {
+			s.loginPage(w, r, http.StatusForbidden, login, msg)
 			return
 		}
 		s.unavailable(w, r, "verify", err)
@@ -214,15 +233,14 @@ func (s *Server) approve(w http.ResponseWriter, r *http.Request) {
 		s.unavailable(w, r, "pending", err)
 		return
 	}
-	// Only what the page offered can be approved.
-	offered := map[string]string{}
+	// Only what the page offered can be approved; a network may cover
+	// several refused logins.
+	offered := map[string][]string{}
 	for _, c := range pending {
-		if _, dup := offered[c.Value]; !dup {
-			offered[c.Value] = c.Label
-		}
+		offered[c.Value] = append(offered[c.Value], c.Label)
 	}
 	if browser != nil {
-		offered[browser.Value] = browser.Label
+		offered[browser.Value] = append(offered[browser.Value], browser.Label)
 	}
 	picked := r.PostForm["approve"]
 	if len(picked) == 0 {
@@ -236,7 +254,7 @@ func (s *Server) approve(w http.ResponseWriter, r *http.Request) {
 	var labels []string
 	seen := map[string]bool{}
 	for _, v := range picked {
-		label, ok := offered[v]
+		covered, ok := offered[v]
 		if !ok {
 			s.approvePage(w, r, sess, http.StatusBadRequest, "That login is no longer waiting for approval; choose from the list below.")
 			return
@@ -246,7 +264,7 @@ func (s *Server) approve(w http.ResponseWriter, r *http.Request) {
 		}
 		seen[v] = true
 		prefixes = append(prefixes, netip.MustParsePrefix(v))
-		labels = append(labels, label)
+		labels = append(labels, covered...)
 	}
 	ctx, cancel := s.ctx(r)
 	defer cancel()
@@ -289,7 +307,7 @@ func (s *Server) enrolment(w http.ResponseWriter, r *http.Request) (token, user 
 	ctx, cancel := s.ctx(r)
 	defer cancel()
 	user, u, err := s.Service.Enrolment(ctx, token)
-	if errors.Is(err, ErrRefused) {
+	if errors.Is(err, totp.ErrNoLink) {
 		s.badLink(w, r)
 		return "", "", nil, false
 	}
@@ -328,18 +346,13 @@ func (s *Server) enrolQR(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	img, err := key.Image(256, 256)
+	b, err := totp.PNG(key.URL(), qrSize)
 	if err != nil {
 		s.unavailable(w, r, "qr", err)
 		return
 	}
-	var b bytes.Buffer
-	if err := png.Encode(&b, img); err != nil {
-		s.unavailable(w, r, "qr", err)
-		return
-	}
 	w.Header().Set("Content-Type", "image/png")
-	w.Write(b.Bytes())
+	w.Write(b)
 }
 
 func (s *Server) enrolConfirm(w http.ResponseWriter, r *http.Request) {
@@ -364,8 +377,12 @@ func (s *Server) enrolConfirm(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := s.ctx(r)
 	defer cancel()
 	if err := s.Service.ConfirmEnrolment(ctx, token, code, clientOf(r).addr); err != nil {
-		if errors.Is(err, ErrRefused) {
-			s.showEnrol(w, r, http.StatusForbidden, token, user, key, "The code was not accepted. Check that the app shows this account and enter the code it shows now.")
+		if msg := refusal(err, msgBadEnrol); msg != "" {
+			s.showEnrol(w, r, http.StatusForbidden, token, user, key, msg)
+			return
+		}
+		if errors.Is(err, totp.ErrNoLink) {
+			s.badLink(w, r) // confirmed meanwhile in another tab
 			return
 		}
 		s.unavailable(w, r, "confirm", err)

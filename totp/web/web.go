@@ -17,7 +17,6 @@ package web
 import (
 	"context"
 	"crypto/rand"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -29,25 +28,26 @@ import (
 
 	"github.com/mailguard/mailguard/internal/dedup"
 	"github.com/mailguard/mailguard/internal/listen"
+	"github.com/mailguard/mailguard/totp"
 )
 
-// Service is what the page needs of the TOTP service. Its methods are
-// called concurrently.
+// Service is what the page needs of the TOTP service (*totp.Service). Its
+// methods are called concurrently.
 //
-// An error that is the user's doing (a wrong, replayed or late code, a
-// login that is not enrolled, too many tries, an enrolment link that is
-// unknown, used or expired) must match ErrRefused with errors.Is; the page
-// then answers with one message that says nothing about which it was. Any
-// other error is a failure: the page asks to try again later and logs it.
+// The errors that are the user's doing are totp's: ErrWrongCode,
+// ErrReplay and ErrNotEnrolled get one answer that does not tell them
+// apart (so the page does not say who is enrolled), ErrRefused (too many
+// wrong codes) asks to wait, ErrNoLink says the link is void. Any other
+// error is a failure: the page asks to try again later and logs it.
 type Service interface {
-	// Verify checks a current code of user, presented from the browser's
+	// Verify checks a current code of user, typed from the browser's
 	// address (wrong codes count against user and address).
 	Verify(ctx context.Context, user, code string, from netip.Addr) error
-	// Pending returns user's refused logins that wait for approval.
+	// Pending returns user's refused logins waiting for approval.
 	Pending(ctx context.Context, user string) ([]Pending, error)
-	// Trust approves (user, prefix) for ttl.
+	// Trust approves (user, prefix) for ttl (zero: the Service's TrustTTL).
 	Trust(ctx context.Context, user string, prefix netip.Prefix, ttl time.Duration) error
-	// PrefixOf returns the network an approval of a device at a covers.
+	// PrefixOf returns the trust prefix an approval of address a covers.
 	PrefixOf(a netip.Addr) netip.Prefix
 	// Enrolment returns the user and otpauth:// URL of an enrolment link's
 	// token, which stays valid until confirmed.
@@ -57,16 +57,9 @@ type Service interface {
 }
 
 // Pending is one refused login waiting for approval.
-type Pending struct {
-	Prefix   netip.Prefix // the client's network, as approvals cover it
-	Addr     netip.Addr   // the client's last address in it (zero: unknown)
-	Protocol string       // imap, pop3, smtp (as Dovecot names it)
-	At       time.Time
-}
+type Pending = totp.Pending
 
-// ErrRefused marks the Service errors that are the user's doing (see
-// Service).
-var ErrRefused = errors.New("not accepted")
+var _ Service = (*totp.Service)(nil)
 
 // Defaults for zero fields of Server.
 const (
@@ -102,8 +95,8 @@ type Server struct {
 	// proxy without a usable X-Forwarded-For is refused (its own address
 	// must never be approved). Empty: the peer is the client.
 	TrustedProxies []netip.Prefix
-	// TrustTTL is passed to Service.Trust (and shown to the user). Zero:
-	// the Service's own default.
+	// TrustTTL is passed to Service.Trust and shown to the user: set it to
+	// the Service's (totp.trust_ttl). Zero: the Service's, not shown.
 	TrustTTL time.Duration
 	// BasePath is the path under which the proxy publishes the pages (the
 	// path of totp.url); cookies are scoped to it. Links are relative, so

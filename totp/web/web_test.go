@@ -37,12 +37,12 @@ func (c *clock) add(d time.Duration) {
 	c.t = c.t.Add(d)
 }
 
-// site is a Server over a fakeService on a real listener, with a browser-
+// site is a Server over the real totp.Service on a real listener, with a browser-
 // like client (cookie jar, no redirects followed automatically).
 type site struct {
 	t     *testing.T
 	clk   *clock
-	fake  *fakeService
+	svc   *service
 	srv   *Server
 	hs    *httptest.Server
 	jar   http.CookieJar
@@ -53,8 +53,8 @@ type site struct {
 func newSite(t *testing.T, configure func(*Server)) *site {
 	t.Helper()
 	clk := &clock{t: time.Date(2026, 11, 29, 10, 0, 5, 0, time.UTC)}
-	fake := newFake(clk.now)
-	srv := &Server{Service: fake, TrustTTL: 30 * 24 * time.Hour, Log: slog.New(slog.DiscardHandler), now: clk.now}
+	svc := newService(t, clk.now)
+	srv := &Server{Service: svc, TrustTTL: 30 * 24 * time.Hour, Log: slog.New(slog.DiscardHandler), now: clk.now}
 	if configure != nil {
 		configure(srv)
 	}
@@ -62,7 +62,7 @@ func newSite(t *testing.T, configure func(*Server)) *site {
 	t.Cleanup(hs.Close)
 	jar, _ := cookiejar.New(nil)
 	hc := &http.Client{Jar: jar, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
-	return &site{t: t, clk: clk, fake: fake, srv: srv, hs: hs, jar: jar, hc: hc, proxy: http.Header{}}
+	return &site{t: t, clk: clk, svc: svc, srv: srv, hs: hs, jar: jar, hc: hc, proxy: http.Header{}}
 }
 
 type response struct {
@@ -128,7 +128,7 @@ func (s *site) signIn(user, secret string) response {
 
 func TestSecurityHeaders(t *testing.T) {
 	s := newSite(t, func(srv *Server) { srv.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")} })
-	s.fake.link("alice", "tok")
+	tok := s.svc.link(t, "alice")
 	want := map[string]string{
 		"X-Frame-Options":        "DENY",
 		"Referrer-Policy":        "no-referrer",
@@ -144,8 +144,8 @@ func TestSecurityHeaders(t *testing.T) {
 		{"login page over https", "GET", "/", "https", 200},
 		{"no such page", "GET", "/admin", "https", 404},
 		{"wrong method", "DELETE", "/", "https", 405},
-		{"enrolment", "GET", "/enrol/tok", "https", 200},
-		{"qr code", "GET", "/enrol/tok/qr.png", "https", 200},
+		{"enrolment", "GET", "/enrol/" + tok, "https", 200},
+		{"qr code", "GET", "/enrol/" + tok + "/qr.png", "https", 200},
 		{"bad link", "GET", "/enrol/nope", "https", 404},
 		{"form without token", "POST", "/login", "https", 403},
 	} {
@@ -221,15 +221,13 @@ func TestClientAddress(t *testing.T) {
 func TestApprove(t *testing.T) {
 	s := newSite(t, func(srv *Server) { srv.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")} })
 	s.proxy = http.Header{"X-Forwarded-For": {"203.0.113.5"}}
-	alice := s.fake.enrol("alice@example.org")
-	bob := s.fake.enrol("bob@example.org")
+	alice := s.svc.enrol(t, "alice@example.org")
+	s.svc.enrol(t, "bob@example.org")
 	now := s.clk.now()
-	s.fake.pending["alice@example.org"] = []Pending{
-		{Prefix: netip.MustParsePrefix("198.51.100.7/32"), Protocol: "imap", At: now.Add(-2 * time.Minute)},
-		{Prefix: netip.MustParsePrefix("2001:db8:1::/56"), Protocol: "smtp", At: now.Add(-3 * time.Hour)},
-		{Prefix: netip.MustParsePrefix("198.51.100.7/32"), Protocol: "pop3", At: now.Add(-30 * time.Second)},
-	}
-	s.fake.pending["bob@example.org"] = []Pending{{Prefix: netip.MustParsePrefix("192.0.2.99/32"), Protocol: "imap", At: now}}
+	s.svc.refused(t, "alice@example.org", "198.51.100.7", 24, "imap", now.Add(-2*time.Minute))
+	s.svc.refused(t, "alice@example.org", "2001:db8:1::5", 56, "smtp", now.Add(-50*time.Minute))
+	s.svc.refused(t, "alice@example.org", "198.51.100.7", 24, "pop3", now.Add(-30*time.Second))
+	s.svc.refused(t, "bob@example.org", "192.0.2.99", 24, "imap", now)
 
 	home := s.do("GET", "/", nil)
 	for _, want := range []string{`<label for="login">`, `<label for="code">`, `autocomplete="one-time-code"`, "autofocus"} {
@@ -250,7 +248,7 @@ func TestApprove(t *testing.T) {
 	page := s.signIn("alice@example.org", alice)
 	for _, want := range []string{
 		"IMAP from 198.51.100.7, 2 minutes ago",
-		"SMTP from 2001:db8:1::/56, 3 hours ago",
+		"SMTP from 2001:db8:1::5, 50 minutes ago",
 		"POP3 from 198.51.100.7, just now",
 		"This browser&#39;s address, 203.0.113.5 (approves its network 203.0.113.0/24)",
 		"for 30 days",
@@ -265,34 +263,34 @@ func TestApprove(t *testing.T) {
 	csrf := csrfOf(t, page.body)
 
 	// Another user's pending login cannot be approved by posting it.
-	r := s.do("POST", "/approve", url.Values{"csrf": {csrf}, "approve": {"192.0.2.99/32"}})
-	if r.status != http.StatusBadRequest || len(s.fake.trustedOf("alice@example.org")) != 0 {
-		t.Errorf("approving bob's network as alice: status %d, trusted %v", r.status, s.fake.trustedOf("alice@example.org"))
+	r := s.do("POST", "/approve", url.Values{"csrf": {csrf}, "approve": {"192.0.2.0/24"}})
+	if r.status != http.StatusBadRequest || len(s.svc.approved(t, "alice@example.org")) != 0 {
+		t.Errorf("approving bob's network as alice: status %d, trusted %v", r.status, s.svc.approved(t, "alice@example.org"))
 	}
 	r = s.do("POST", "/approve", url.Values{"csrf": {csrf}})
 	if r.status != http.StatusBadRequest || !strings.Contains(r.body, "Choose at least one") {
 		t.Errorf("approving nothing: status %d", r.status)
 	}
 	// Several at once, the browser's own network among them.
-	r = s.do("POST", "/approve", url.Values{"csrf": {csrf}, "approve": {"198.51.100.7/32", "203.0.113.0/24", "198.51.100.7/32"}})
+	r = s.do("POST", "/approve", url.Values{"csrf": {csrf}, "approve": {"198.51.100.0/24", "203.0.113.0/24", "198.51.100.0/24"}})
 	if r.status != http.StatusOK || !strings.Contains(r.body, "IMAP from 198.51.100.7") || !strings.Contains(r.body, "203.0.113.5") {
 		t.Fatalf("approve: status %d:\n%s", r.status, r.body)
 	}
-	got := s.fake.trustedOf("alice@example.org")
+	got := s.svc.approved(t, "alice@example.org")
 	want := map[netip.Prefix]time.Duration{
-		netip.MustParsePrefix("198.51.100.7/32"): 30 * 24 * time.Hour,
+		netip.MustParsePrefix("198.51.100.0/24"): 30 * 24 * time.Hour,
 		netip.MustParsePrefix("203.0.113.0/24"):  30 * 24 * time.Hour,
 	}
-	if len(got) != len(want) || got[netip.MustParsePrefix("198.51.100.7/32")] != want[netip.MustParsePrefix("198.51.100.7/32")] ||
+	if len(got) != len(want) || got[netip.MustParsePrefix("198.51.100.0/24")] != want[netip.MustParsePrefix("198.51.100.0/24")] ||
 		got[netip.MustParsePrefix("203.0.113.0/24")] != want[netip.MustParsePrefix("203.0.113.0/24")] {
 		t.Errorf("trusted = %v, want %v", got, want)
 	}
-	if len(s.fake.trustedOf("bob@example.org")) != 0 {
+	if len(s.svc.approved(t, "bob@example.org")) != 0 {
 		t.Error("bob got an approval")
 	}
 	// The list now shows what is left.
 	page = s.do("GET", "/", nil)
-	if strings.Contains(page.body, "198.51.100.7") || !strings.Contains(page.body, "2001:db8:1::/56") {
+	if strings.Contains(page.body, "198.51.100.7") || !strings.Contains(page.body, "2001:db8:1::5") {
 		t.Errorf("after approval the page shows:\n%s", page.body)
 	}
 	// Signing out ends the session.
@@ -300,15 +298,29 @@ func TestApprove(t *testing.T) {
 	if r.status != http.StatusSeeOther || s.srv.sessions.len() != 0 {
 		t.Errorf("logout: status %d, %d sessions left", r.status, s.srv.sessions.len())
 	}
-	if page := s.do("GET", "/", nil); !strings.Contains(page.body, `<label for="login">`) {
+	home = s.do("GET", "/", nil)
+	if !strings.Contains(home.body, `<label for="login">`) {
 		t.Error("after logout the page is not the login form")
 	}
-	_ = bob
+	// The code that signed in is used up.
+	r = s.do("POST", "/login", url.Values{"csrf": {csrfOf(t, home.body)}, "login": {"alice@example.org"}, "code": {s.code(alice)}})
+	if r.status != http.StatusForbidden || !strings.Contains(r.body, "each code works once") {
+		t.Errorf("replayed code: status %d", r.status)
+	}
+	// While the totp jail refuses, the page says to wait.
+	s.svc.lim.mu.Lock()
+	s.svc.lim.closed = true
+	s.svc.lim.mu.Unlock()
+	s.clk.add(30 * time.Second)
+	r = s.do("POST", "/login", url.Values{"csrf": {csrfOf(t, home.body)}, "login": {"alice@example.org"}, "code": {s.code(alice)}})
+	if r.status != http.StatusForbidden || !strings.Contains(r.body, "Too many wrong codes") {
+		t.Errorf("jailed: status %d:\n%s", r.status, r.body)
+	}
 }
 
 func TestCSRF(t *testing.T) {
 	s := newSite(t, nil)
-	secret := s.fake.enrol("alice")
+	secret := s.svc.enrol(t, "alice")
 	home := s.do("GET", "/", nil)
 	token := csrfOf(t, home.body)
 	// Another browser (no cookie, or another cookie) cannot use the token.
@@ -329,20 +341,20 @@ func TestCSRF(t *testing.T) {
 		}
 	}
 	page := s.signIn("alice", secret)
-	s.fake.pending["alice"] = []Pending{{Prefix: netip.MustParsePrefix("198.51.100.7/32"), Protocol: "imap", At: s.clk.now()}}
+	s.svc.refused(t, "alice", "198.51.100.7", 24, "imap", s.clk.now())
 	// The anonymous form's token does not approve: the session's is needed.
-	if r := s.do("POST", "/approve", url.Values{"csrf": {token}, "approve": {"198.51.100.7/32"}}); r.status != http.StatusForbidden {
+	if r := s.do("POST", "/approve", url.Values{"csrf": {token}, "approve": {"198.51.100.0/24"}}); r.status != http.StatusForbidden {
 		t.Errorf("approve with the login form's token: status %d, want 403", r.status)
 	}
-	if r := s.do("POST", "/approve", url.Values{"csrf": {csrfOf(t, page.body)}, "approve": {"198.51.100.7/32"}}); r.status != http.StatusOK {
+	if r := s.do("POST", "/approve", url.Values{"csrf": {csrfOf(t, page.body)}, "approve": {"198.51.100.0/24"}}); r.status != http.StatusOK {
 		t.Errorf("approve with the session's token: status %d, want 200", r.status)
 	}
 }
 
 func TestSessionExpires(t *testing.T) {
 	s := newSite(t, func(srv *Server) { srv.SessionTTL = 5 * time.Minute })
-	secret := s.fake.enrol("alice")
-	s.fake.pending["alice"] = []Pending{{Prefix: netip.MustParsePrefix("198.51.100.7/32"), Protocol: "imap", At: s.clk.now()}}
+	secret := s.svc.enrol(t, "alice")
+	s.svc.refused(t, "alice", "198.51.100.7", 24, "imap", s.clk.now())
 	page := s.signIn("alice", secret)
 	s.clk.add(5*time.Minute - time.Second)
 	if r := s.do("GET", "/", nil); !strings.Contains(r.body, "198.51.100.7") {
@@ -352,9 +364,9 @@ func TestSessionExpires(t *testing.T) {
 	if r := s.do("GET", "/", nil); strings.Contains(r.body, "198.51.100.7") || !strings.Contains(r.body, `<label for="login">`) {
 		t.Errorf("session still open after SessionTTL:\n%s", r.body)
 	}
-	r := s.do("POST", "/approve", url.Values{"csrf": {csrfOf(t, page.body)}, "approve": {"198.51.100.7/32"}})
-	if r.status != http.StatusForbidden || !strings.Contains(r.body, "Your session ended") || len(s.fake.trustedOf("alice")) != 0 {
-		t.Errorf("approve after expiry: status %d, trusted %v", r.status, s.fake.trustedOf("alice"))
+	r := s.do("POST", "/approve", url.Values{"csrf": {csrfOf(t, page.body)}, "approve": {"198.51.100.0/24"}})
+	if r.status != http.StatusForbidden || !strings.Contains(r.body, "Your session ended") || len(s.svc.approved(t, "alice")) != 0 {
+		t.Errorf("approve after expiry: status %d, trusted %v", r.status, s.svc.approved(t, "alice"))
 	}
 }
 
@@ -393,9 +405,11 @@ func TestBodyBounded(t *testing.T) {
 
 func TestServiceFailure(t *testing.T) {
 	s := newSite(t, nil)
-	secret := s.fake.enrol("alice")
+	secret := s.svc.enrol(t, "alice")
 	home := s.do("GET", "/", nil)
-	s.fake.fail = errors.New("store: dial tcp 10.0.0.9:6379: refused")
+	s.svc.mu.Lock()
+	s.svc.fail = errors.New("store: dial tcp 10.0.0.9:6379: refused")
+	s.svc.mu.Unlock()
 	r := s.do("POST", "/login", url.Values{"csrf": {csrfOf(t, home.body)}, "login": {"alice"}, "code": {s.code(secret)}})
 	if r.status != http.StatusServiceUnavailable || strings.Contains(r.body, "10.0.0.9") {
 		t.Errorf("service down: status %d, body shows the error:\n%s", r.status, r.body)
@@ -407,37 +421,38 @@ func TestServiceFailure(t *testing.T) {
 
 func TestEnrol(t *testing.T) {
 	s := newSite(t, nil)
-	key := s.fake.link("carol@example.org", "tok-123")
-	page := s.do("GET", "/enrol/tok-123", nil)
+	tok := s.svc.link(t, "carol@example.org")
+	page := s.do("GET", "/enrol/"+tok, nil)
 	if page.status != http.StatusOK {
 		t.Fatalf("enrolment page: status %d", page.status)
 	}
 	m := regexp.MustCompile(`<code id="secret" class="secret">([A-Z2-7 ]+)</code>`).FindStringSubmatch(page.body)
-	if m == nil || strings.ReplaceAll(m[1], " ", "") != key.Secret() {
-		t.Fatalf("enrolment page does not show the secret %s:\n%s", key.Secret(), page.body)
+	if m == nil {
+		t.Fatalf("enrolment page does not show the secret:\n%s", page.body)
 	}
-	if !strings.Contains(page.body, `src="tok-123/qr.png"`) || !strings.Contains(page.body, "carol@example.org") {
+	secret := strings.ReplaceAll(m[1], " ", "")
+	if !strings.Contains(page.body, `src="`+tok+`/qr.png"`) || !strings.Contains(page.body, "carol@example.org") {
 		t.Errorf("enrolment page lacks the QR code or the user:\n%s", page.body)
 	}
-	qr := s.do("GET", "/enrol/tok-123/qr.png", nil)
+	qr := s.do("GET", "/enrol/"+tok+"/qr.png", nil)
 	img, err := png.Decode(bytes.NewReader([]byte(qr.body)))
-	if err != nil || qr.header.Get("Content-Type") != "image/png" || img.Bounds().Dx() != 256 {
+	if err != nil || qr.header.Get("Content-Type") != "image/png" || img.Bounds().Dx() < 200 {
 		t.Fatalf("qr.png: %v, %s", err, qr.header.Get("Content-Type"))
 	}
 	// A wrong first code does not enrol.
-	r := s.do("POST", "/enrol/tok-123", url.Values{"csrf": {csrfOf(t, page.body)}, "code": {"000000"}})
-	if r.status != http.StatusForbidden || !strings.Contains(r.body, "not accepted") || s.fake.secrets["carol@example.org"] != "" {
+	r := s.do("POST", "/enrol/"+tok, url.Values{"csrf": {csrfOf(t, page.body)}, "code": {"000000"}})
+	if r.status != http.StatusForbidden || !strings.Contains(r.body, "not accepted") || s.svc.enrolled(t, "carol@example.org") {
 		t.Fatalf("wrong first code: status %d", r.status)
 	}
-	r = s.do("POST", "/enrol/tok-123", url.Values{"csrf": {csrfOf(t, r.body)}, "code": {s.code(key.Secret())}})
-	if r.status != http.StatusOK || !strings.Contains(r.body, "Two-factor sign-in is on") || s.fake.secrets["carol@example.org"] != key.Secret() {
+	r = s.do("POST", "/enrol/"+tok, url.Values{"csrf": {csrfOf(t, r.body)}, "code": {s.code(secret)}})
+	if r.status != http.StatusOK || !strings.Contains(r.body, "Two-factor sign-in is on") || !s.svc.enrolled(t, "carol@example.org") {
 		t.Fatalf("right first code: status %d:\n%s", r.status, r.body)
 	}
 	if !strings.Contains(r.body, `href="../"`) {
 		t.Errorf("the enrolled page does not link to the approval page:\n%s", r.body)
 	}
 	// The link is used up.
-	for _, p := range []string{"/enrol/tok-123", "/enrol/tok-123/qr.png", "/enrol/" + strings.Repeat("x", 200)} {
+	for _, p := range []string{"/enrol/" + tok, "/enrol/" + tok + "/qr.png", "/enrol/" + strings.Repeat("x", 200)} {
 		if r := s.do("GET", p, nil); r.status != http.StatusNotFound {
 			t.Errorf("GET %.40s: status %d, want 404", p, r.status)
 		}
@@ -459,7 +474,7 @@ func TestBasePath(t *testing.T) {
 	}
 	// The redirect after signing in is relative to the URL the browser
 	// sees, not to the path the proxy stripped.
-	secret := s.fake.enrol("alice")
+	secret := s.svc.enrol(t, "alice")
 	home := s.do("GET", "/mailguard/", nil)
 	r := s.do("POST", "/mailguard/login", url.Values{"csrf": {csrfOf(t, home.body)}, "login": {"alice"}, "code": {s.code(secret)}})
 	if loc := r.header.Get("Location"); r.status != http.StatusSeeOther || loc != "./" {
