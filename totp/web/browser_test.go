@@ -20,9 +20,9 @@ import (
 )
 
 // contribUpstream is totp.listen in contrib/nginx/mailguard-totp.conf.
-const contribUpstream = "127.0.0.1:10031"
+const contribUpstream = "127.0.0.1:10032"
 
-// behindNginx publishes s at /mailguard/ through a private nginx with TLS
+// behindNginx publishes upstream at /totp/ through a private nginx with TLS
 // and contrib's location blocks, and returns the page's public URL.
 func behindNginx(t *testing.T, upstream string) string {
 	t.Helper()
@@ -33,7 +33,7 @@ func behindNginx(t *testing.T, upstream string) string {
 	if !strings.Contains(string(block), contribUpstream) {
 		t.Fatalf("%s does not proxy to %s", contrib.NginxTOTP, contribUpstream)
 	}
-	return nginxtest.Start(t, strings.ReplaceAll(string(block), contribUpstream, upstream)) + "/mailguard/"
+	return nginxtest.Start(t, strings.ReplaceAll(string(block), contribUpstream, upstream)) + "/totp/"
 }
 
 // TestBrowser drives the pages in a real headless chromium, with
@@ -45,7 +45,7 @@ func TestBrowser(t *testing.T) {
 	ctx := browsertest.New(t, true)
 	s := newSite(t, func(srv *Server) {
 		srv.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
-		srv.BasePath = "/mailguard/"
+		srv.BasePath = "/totp"
 	})
 	base := behindNginx(t, strings.TrimPrefix(s.hs.URL, "http://"))
 	tok := s.svc.link(t, "dave@example.org")
@@ -114,7 +114,7 @@ func TestBrowser(t *testing.T) {
 func TestNginx(t *testing.T) {
 	s := newSite(t, func(srv *Server) {
 		srv.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
-		srv.BasePath = "/mailguard/"
+		srv.BasePath = "/totp"
 	})
 	base := behindNginx(t, strings.TrimPrefix(s.hs.URL, "http://"))
 	tok := s.svc.link(t, "erin@example.org")
@@ -141,12 +141,15 @@ func TestNginx(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		return resp, string(b)
 	}
+	if resp, _ := get(strings.TrimSuffix(base, "/"), nil); resp.StatusCode != http.StatusMovedPermanently || !strings.HasSuffix(resp.Header.Get("Location"), "/totp/") {
+		t.Errorf("GET /totp: status %d, Location %q; want 301 to /totp/", resp.StatusCode, resp.Header.Get("Location"))
+	}
 	resp, home := get(base, nil)
 	if resp.StatusCode != 200 || resp.Header.Get("Strict-Transport-Security") == "" {
 		t.Errorf("GET %s: status %d, no HSTS over https", base, resp.StatusCode)
 	}
 	for _, k := range resp.Cookies() {
-		if !k.Secure || !k.HttpOnly || k.SameSite != http.SameSiteStrictMode || k.Path != "/mailguard/" {
+		if !k.Secure || !k.HttpOnly || k.SameSite != http.SameSiteStrictMode || k.Path != "/totp/" {
 			t.Errorf("cookie %s: Secure %v HttpOnly %v SameSite %v Path %q", k.Name, k.Secure, k.HttpOnly, k.SameSite, k.Path)
 		}
 	}
