@@ -6,6 +6,7 @@ import (
 	"image/png"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/cookiejar"
 	"net/http/httptest"
@@ -18,6 +19,9 @@ import (
 	"time"
 
 	"github.com/pquerna/otp/totp"
+
+	"github.com/mailguard/mailguard/internal/dedup"
+	"github.com/mailguard/mailguard/internal/logtest"
 )
 
 type clock struct {
@@ -505,5 +509,62 @@ func TestWords(t *testing.T) {
 		if got := duration(tc.d); got != tc.span {
 			t.Errorf("duration(%v) = %q, want %q", tc.d, got, tc.span)
 		}
+	}
+}
+
+// TestLogsRateLimited: a client hammering bad forms and a failing store
+// makes one log line per cause per period, with the count held back, and
+// no line carries the code.
+func TestLogsRateLimited(t *testing.T) {
+	lines := logtest.New()
+	s := newSite(t, func(srv *Server) { srv.Log = slog.New(lines) })
+	secret := s.svc.enrol(t, "alice")
+	for range 50 {
+		s.do("POST", "/login", url.Values{"csrf": {"forged"}, "login": {"alice"}, "code": {"123456"}})
+	}
+	if n, _ := lines.Count("totp web: form without a valid CSRF token"); n != 1 {
+		t.Errorf("50 forged forms in one period: %d lines, want 1", n)
+	}
+	s.clk.add(dedup.DefaultPeriod)
+	s.do("POST", "/login", url.Values{"csrf": {"forged"}, "login": {"alice"}, "code": {"123456"}})
+	if n, sup := lines.Count("totp web: form without a valid CSRF token"); n != 2 || sup[1] != 49 {
+		t.Errorf("next period: %d lines, suppressed %v; want 2, [0 49]", n, sup)
+	}
+	home := s.do("GET", "/", nil)
+	s.svc.mu.Lock()
+	s.svc.fail = errors.New("store: timeout")
+	s.svc.mu.Unlock()
+	code := s.code(secret)
+	for range 20 {
+		s.do("POST", "/login", url.Values{"csrf": {csrfOf(t, home.body)}, "login": {"alice"}, "code": {code}})
+	}
+	if n, _ := lines.Count("totp web: service failed"); n != 1 {
+		t.Errorf("20 store failures in one period: %d lines, want 1", n)
+	}
+	if strings.Contains(lines.String(), code) {
+		t.Errorf("a code was logged:\n%s", lines.String())
+	}
+}
+
+// TestServe: Serve answers on its listener until Close, then returns nil.
+func TestServe(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &Server{Service: newService(t, time.Now), Log: slog.New(slog.DiscardHandler)}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(l) }()
+	resp, err := http.Get("http://" + l.Addr().String() + "/style.css")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "text/css; charset=utf-8" {
+		t.Errorf("GET /style.css: %d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	srv.Close()
+	if err := <-done; err != nil {
+		t.Errorf("Serve after Close = %v, want nil", err)
 	}
 }
