@@ -26,16 +26,17 @@ func clientOf(r *http.Request) client {
 const maxForwardHops = 32
 
 // client finds the browser's address: the peer, or, when the peer is a
-// trusted proxy, the right-most X-Forwarded-For entry that is not one.
+// trusted proxy (or on a unix socket), the right-most X-Forwarded-For entry
+// that is not a trusted proxy.
 func (s *Server) client(r *http.Request) (client, error) {
-	ap, err := netip.ParseAddrPort(r.RemoteAddr)
-	if err != nil {
-		// A unix socket or a test request: no address to trust.
-		return client{https: r.TLS != nil}, nil
-	}
-	peer := ap.Addr().Unmap()
-	if !s.trusted(peer) {
-		return client{addr: peer, https: r.TLS != nil}, nil
+	// A peer on a unix socket (totp.listen unix:/path) has no address:
+	// it is the proxy, as only local processes allowed by the socket's
+	// mode can connect.
+	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+		peer := ap.Addr().Unmap()
+		if !s.trusted(peer) {
+			return client{addr: peer, https: r.TLS != nil}, nil
+		}
 	}
 	c := client{https: r.TLS != nil || strings.EqualFold(lastValue(r.Header.Values("X-Forwarded-Proto")), "https")}
 	var hops []string

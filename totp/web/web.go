@@ -93,7 +93,8 @@ type Server struct {
 	// X-Forwarded-Proto count. The client is the right-most address of
 	// X-Forwarded-For that is not a trusted proxy. A request from a trusted
 	// proxy without a usable X-Forwarded-For is refused (its own address
-	// must never be approved). Empty: the peer is the client.
+	// must never be approved). A peer on a unix socket counts as a trusted
+	// proxy. Empty: a TCP peer is the client.
 	TrustedProxies []netip.Prefix
 	// TrustTTL is passed to Service.Trust and shown to the user: set it to
 	// the Service's (totp.trust_ttl). Zero: the Service's, not shown.

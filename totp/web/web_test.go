@@ -2,6 +2,7 @@ package web
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"image/png"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"net/url"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -200,6 +202,8 @@ func TestClientAddress(t *testing.T) {
 		{"only trusted hops: the left-most", "127.0.0.1:4000", []string{"10.9.9.9, 10.1.2.3"}, "10.9.9.9", false},
 		{"proxy without the header", "127.0.0.1:4000", nil, "", false},
 		{"garbage entry", "127.0.0.1:4000", []string{"unknown"}, "", false},
+		{"unix socket peer is the proxy", "@", []string{"203.0.113.5"}, "203.0.113.5", false},
+		{"unix socket peer without the header", "", nil, "", false},
 	} {
 		r := httptest.NewRequest("GET", "/", nil)
 		r.RemoteAddr = tc.remote
@@ -566,5 +570,56 @@ func TestServe(t *testing.T) {
 	srv.Close()
 	if err := <-done; err != nil {
 		t.Errorf("Serve after Close = %v, want nil", err)
+	}
+}
+
+// TestServeUnix: on a unix socket (totp.listen unix:/path) the peer is the
+// proxy: its X-Forwarded-For names the browser, and without one the
+// request is refused.
+func TestServeUnix(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "totp.sock")
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc := newService(t, time.Now)
+	srv := &Server{Service: svc, Log: slog.New(slog.DiscardHandler)}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(l) }()
+	defer func() {
+		srv.Close()
+		<-done
+	}()
+	jar, _ := cookiejar.New(nil)
+	c := &http.Client{Jar: jar, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", path)
+	}}}
+	do := func(method, xff string, form url.Values) (int, string) {
+		req, _ := http.NewRequest(method, "http://totp/login", strings.NewReader(form.Encode()))
+		if method == "GET" {
+			req.URL.Path = "/"
+		}
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		if xff != "" {
+			req.Header.Set("X-Forwarded-For", xff)
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if st, _ := do("GET", "", nil); st != http.StatusBadRequest {
+		t.Errorf("unix peer without X-Forwarded-For: status %d, want 400", st)
+	}
+	st, home := do("GET", "198.51.100.7", nil)
+	if st != http.StatusOK {
+		t.Fatalf("unix peer with X-Forwarded-For: status %d", st)
+	}
+	do("POST", "198.51.100.7", url.Values{"csrf": {csrfOf(t, home)}, "login": {"alice"}, "code": {"000000"}})
+	if got := svc.lastFrom(); got != netip.MustParseAddr("198.51.100.7") {
+		t.Errorf("code checked from %v, want 198.51.100.7", got)
 	}
 }
