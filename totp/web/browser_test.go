@@ -94,9 +94,16 @@ func TestBrowser(t *testing.T) {
 	)
 	label := browsertest.Get(t, ctx, "pending login", chromedp.Text(chromedp.CSS(`label[for="pending-0"]`)))
 	browsertest.Screenshot(t, ctx, "totp-pending.png")
-	browsertest.Do(t, ctx, "approving",
-		chromedp.Click(chromedp.ID("pending-0")),
-		chromedp.Submit(chromedp.ID("pending-0")),
+	// By keyboard alone: the focus starts on the first login; space ticks
+	// it, Tab passes the browser's box to the button, Enter approves.
+	if f := browsertest.Get(t, ctx, "focus", chromedp.Evaluate[string](`document.activeElement.id`)); f != "pending-0" {
+		t.Errorf("focus on the approval page is on %q, want the first refused login", f)
+	}
+	browsertest.Do(t, ctx, "approving by keyboard",
+		chromedp.KeyEvent(" "),
+		chromedp.KeyEvent("\t"),
+		chromedp.KeyEvent("\t"),
+		chromedp.KeyEvent("\r"),
 		chromedp.WaitVisible(chromedp.Search("//h1[text()='Approved']")),
 	)
 	browsertest.Screenshot(t, ctx, "totp-approved.png")
