@@ -75,7 +75,14 @@ type pageServer interface {
 // for totp.listen, or nil while there is none (then totp.listen is not
 // bound, and users are approved with `mailguard totp trust`).
 func totpPages(svc *totp.Service, c config.Config, log *slog.Logger) (pageServer, error) {
-	return nil, nil
+	if svc == nil {
+		return nil, nil
+	}
+	p, err := totpWeb(svc, c, log) // totpweb.go
+	if err != nil {
+		return nil, err
+	}
+	return p, nil
 }
 
 func totpCmd(g *globals) *cobra.Command {
