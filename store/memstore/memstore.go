@@ -61,7 +61,8 @@ type Store struct {
 	hub    hub
 	totals sync.Map // jail → *totals
 	totp   totpState
-	share  sharing // store.Sharing (share.go)
+	share  sharing  // store.Sharing (share.go)
+	audit  auditing // store.Auditing (audit.go)
 
 	// maxWindow is the longest recidive window Hit has been given, in
 	// nanoseconds: how long a manual ban's time is kept for escalation, with

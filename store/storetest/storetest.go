@@ -46,6 +46,7 @@ func Run(t *testing.T, newStore func(t *testing.T, now func() time.Time) store.S
 		{"Closed", closedCases},
 		{"TOTP", totpCases},
 		{"Sharing", sharingCases},
+		{"Audit", auditCases},
 	}
 	for _, g := range groups {
 		t.Run(g.name, func(t *testing.T) {
