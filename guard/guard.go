@@ -18,6 +18,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mailguard/mailguard/audit"
 	"github.com/mailguard/mailguard/internal/dedup"
 	"github.com/mailguard/mailguard/store"
 )
@@ -107,6 +108,10 @@ type Config struct {
 	// Shared is the shared-address rule (shared.go); zero MinUsers: off.
 	// It needs a store with store.Sharing (both backends have it).
 	Shared SharedRule
+
+	// Audit records every counted failure, refusal, ban and unban
+	// (audit.go); nil: no audit trail.
+	Audit Auditor
 }
 
 // Metrics receives what guard counts. Implementations must be safe for
@@ -142,6 +147,8 @@ type Guard struct {
 
 	protoMu sync.Mutex
 	byProto map[string]map[string]int64 // jail → protocol → failures counted by this node
+
+	audit Auditor // nil: none
 }
 
 // New returns a Guard over st.
@@ -149,7 +156,7 @@ func New(st store.Store, c Config) (*Guard, error) {
 	g := &Guard{
 		st: st, ignore: c.Ignore, prefixes: c.Prefixes, recidive: c.Recidive,
 		knownTTL: c.KnownDeviceTTL, log: c.Log, metrics: c.Metrics, now: c.Now,
-		byName: make(map[string]*Jail),
+		byName: make(map[string]*Jail), audit: c.Audit,
 	}
 	if g.knownTTL <= 0 {
 		g.knownTTL = DefaultKnownDeviceTTL
@@ -305,6 +312,9 @@ type Verdict struct {
 	// second factor and the client's trust prefix is not approved: the
 	// login must be refused although the password was right.
 	SecondFactor bool
+	// Ref is the audit id of the refusal ("" when not refused or not
+	// auditing): front ends put it in their log line and reply.
+	Ref string
 }
 
 // Check tells whether a client (and, if not empty, the user it logs in as) is
@@ -372,19 +382,21 @@ func (g *Guard) checkLogin(ctx context.Context, a netip.Addr, user string, secon
 		return Verdict{}, trust, fmt.Errorf("guard: check: %w", err)
 	}
 	v.ByUser = true
+	var by store.Ban // the ban named by v.Banned
 	for _, b := range ans.Bans {
 		byUser := strings.HasPrefix(b.Subject, "user:")
 		if byUser && ans.Known {
 			continue // the user's own device
 		}
 		if !v.Refused || !byUser {
-			v.Banned = b.Subject
+			v.Banned, by = b.Subject, b
 		}
 		v.Refused = true
 		v.ByUser = v.ByUser && byUser
 	}
 	if v.Refused {
-		return Verdict{Refused: true, Banned: v.Banned, ByUser: v.ByUser}, trust, nil
+		ref := g.auditRefusal(ctx, a, user, by)
+		return Verdict{Refused: true, Banned: v.Banned, ByUser: v.ByUser, Ref: ref}, trust, nil
 	}
 	v.ByUser = false
 	v.SecondFactor = ans.TOTP.Enrolled && !ans.TOTP.Approved
@@ -423,6 +435,7 @@ func (g *Guard) event(ctx context.Context, kind string, a netip.Addr, user, prot
 	}
 	var bans []store.Ban
 	var errs []error
+	var note failureNote // for the audit trail
 	sh := sharedUnknown
 	for i := range g.jails {
 		j := &g.jails[i]
@@ -461,6 +474,7 @@ func (g *Guard) event(ctx context.Context, kind string, a netip.Addr, user, prot
 		if h.BanTime == 0 && r.Count >= j.MaxRetry {
 			g.spared(j, s, r.Count)
 		}
+		note.add(j.Name, r.Count, h.BanTime == 0 && r.Count >= j.MaxRetry)
 		g.log.Debug("failure", "jail", j.Name, "key", s, "count", r.Count, "protocol", protocol)
 		if r.Ban != nil {
 			bans = append(bans, *r.Ban)
@@ -471,6 +485,7 @@ func (g *Guard) event(ctx context.Context, kind string, a netip.Addr, user, prot
 				"count", r.Count, "nth", r.Ban.Nth, "protocol", protocol)
 		}
 	}
+	g.auditFailure(ctx, kind, a, user, protocol, app, &note, bans)
 	return bans, errors.Join(errs...)
 }
 
@@ -627,12 +642,13 @@ func (g *Guard) Ban(ctx context.Context, target, jail string, d time.Duration) (
 		g.metrics.Banned(jail)
 	}
 	g.log.Info("ban", "jail", jail, "key", subject, "ttl", d, "reason", "manual")
+	g.auditAdmin(audit.KindBan, b, prefix)
 	return b, nil
 }
 
 // Unban lifts every ban on target, on every node.
 func (g *Guard) Unban(ctx context.Context, target string) ([]store.Ban, error) {
-	subject, _, err := g.ParseTarget(target)
+	subject, prefix, err := g.ParseTarget(target)
 	if err != nil {
 		return nil, err
 	}
@@ -642,6 +658,7 @@ func (g *Guard) Unban(ctx context.Context, target string) ([]store.Ban, error) {
 	}
 	for _, b := range lifted {
 		g.log.Info("unban", "jail", b.Jail, "key", b.Subject)
+		g.auditAdmin(audit.KindUnban, b, prefix)
 	}
 	return lifted, nil
 }

@@ -126,6 +126,9 @@ func (g *Guard) CodeFailed(ctx context.Context, a netip.Addr, user string) error
 		return errors.New("guard: TOTP is off")
 	}
 	var errs []error
+	var note failureNote // for the audit trail
+	var bans []store.Ban
+	defer func() { g.auditFailure(ctx, EventTOTPFailure, Canon(a), user, "totp", "", &note, bans) }()
 	for _, s := range g.codeSubjects(a, user) {
 		r, err := g.st.Hit(ctx, g.hit(j, s, EventTOTPFailure))
 		if err != nil {
@@ -133,7 +136,12 @@ func (g *Guard) CodeFailed(ctx context.Context, a netip.Addr, user string) error
 			continue
 		}
 		g.counted(TOTPJail, "totp")
+		if len(note.jails) == 0 {
+			note.add(TOTPJail, r.Count, false)
+		}
+		note.count = max(note.count, r.Count)
 		if r.Ban != nil {
+			bans = append(bans, *r.Ban)
 			if g.metrics != nil {
 				g.metrics.Banned(TOTPJail)
 			}

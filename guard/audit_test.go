@@ -1,0 +1,121 @@
+package guard
+
+import (
+	"context"
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/mailguard/mailguard/audit"
+	"github.com/mailguard/mailguard/store"
+	"github.com/mailguard/mailguard/store/memstore"
+	"github.com/mailguard/mailguard/store/redisstore"
+	"github.com/mailguard/mailguard/store/redisstore/redistest"
+)
+
+// TestAuditEvents: every decision kind (failure, ban, refusal with its
+// reference, manual ban, unban) reaches the trails of both stores, each
+// event under the client's address, prefix and user.
+func TestAuditEvents(t *testing.T) {
+	for _, backend := range []string{"memory", "redis"} {
+		t.Run(backend, func(t *testing.T) {
+			clk := &clock{t: time.Now().Truncate(time.Second)}
+			var st store.Store
+			switch backend {
+			case "memory":
+				m, err := memstore.Open(memstore.Options{Now: clk.Now})
+				if err != nil {
+					t.Fatal(err)
+				}
+				st = m
+			case "redis":
+				addr := redistest.Start(t)
+				r, err := redisstore.Open(t.Context(), redisstore.Options{Addrs: []string{addr}, Prefix: "mgaudit:", Now: clk.Now, Node: "a"})
+				if err != nil {
+					t.Fatal(err)
+				}
+				st = r
+			}
+			t.Cleanup(func() { st.Close() })
+			rec := audit.NewRecorder(audit.Options{Node: "mx1", Users: audit.UserPlain, Store: st.(store.Auditing), Keep: 20, TTL: time.Hour, Now: clk.Now})
+			t.Cleanup(func() { rec.Close() })
+			g, err := New(st, Config{Jails: []Jail{authJail}, Prefixes: Prefixes{IPv4: 32, IPv6: 64}, Now: clk.Now, Audit: rec})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx := WithOrigin(t.Context(), "dovecot", "imap")
+			a := netip.MustParseAddr("192.0.2.7")
+			for range authJail.MaxRetry {
+				if _, err := g.Fail(ctx, a, "Alice@example.org", "imap", ""); err != nil {
+					t.Fatal(err)
+				}
+			}
+			v, err := g.CheckLogin(ctx, a, "alice@example.org")
+			if err != nil || !v.Refused || !audit.ValidID(v.Ref) {
+				t.Fatalf("CheckLogin = %+v, %v; want refused with a reference", v, err)
+			}
+			if _, err := g.Ban(t.Context(), "198.51.100.9", "", 0); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := g.Unban(t.Context(), "192.0.2.7"); err != nil {
+				t.Fatal(err)
+			}
+			if err := rec.Flush(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			au := st.(store.Auditing)
+			trail := func(sub string) []audit.Event {
+				t.Helper()
+				recs, err := au.Trail(context.Background(), sub)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var out []audit.Event
+				for _, r := range recs {
+					e, err := audit.Unmarshal(r)
+					if err != nil {
+						t.Fatal(err)
+					}
+					out = append(out, e)
+				}
+				return out
+			}
+			kinds := func(es []audit.Event) []audit.Kind {
+				var k []audit.Kind
+				for _, e := range es {
+					k = append(k, e.Kind)
+				}
+				return k
+			}
+			f, b, r, u := audit.KindFailure, audit.KindBan, audit.KindRefusal, audit.KindUnban
+			ip := trail("net:192.0.2.7/32")
+			if want := []audit.Kind{f, f, f, f, f, b, r, u}; !slices.Equal(kinds(ip), want) {
+				t.Fatalf("trail of 192.0.2.7 = %v, want %v", kinds(ip), want)
+			}
+			if want := []audit.Kind{f, f, f, f, f, b, r}; !slices.Equal(kinds(trail("user:alice@example.org")), want) {
+				t.Errorf("trail of alice = %v, want %v", kinds(trail("user:alice@example.org")), want)
+			}
+			fail, ban, ref, unban := ip[4], ip[5], ip[6], ip[7]
+			if fail.Source != "dovecot" || fail.Protocol != "imap" || fail.User != "alice@example.org" || fail.Count != 5 ||
+				!slices.Equal(fail.Jails, []string{"dovecot"}) || fail.Node != "mx1" || fail.Event != EventAuthFailure {
+				t.Errorf("5th failure = %+v", fail)
+			}
+			if ban.Jail != "dovecot" || ban.Subject != "net:192.0.2.7/32" || ban.Nth != 1 || ban.BanTime != "1h0m0s" {
+				t.Errorf("ban = %+v", ban)
+			}
+			if ref.ID != v.Ref || ref.Subject != "net:192.0.2.7/32" || ref.Jail != "dovecot" || ref.Source != "dovecot" {
+				t.Errorf("refusal = %+v, want id %s", ref, v.Ref)
+			}
+			if unban.Source != "admin" || unban.Jail != "dovecot" {
+				t.Errorf("unban = %+v", unban)
+			}
+			if got, err := au.Record(context.Background(), v.Ref); err != nil || got == nil {
+				t.Errorf("Record(%s) = %s, %v; want the refusal", v.Ref, got, err)
+			}
+			if m := trail("net:198.51.100.9/32"); len(m) != 1 || m[0].Kind != b || m[0].Source != "admin" || m[0].Jail != ManualJail {
+				t.Errorf("trail of the manual ban = %+v", m)
+			}
+		})
+	}
+}
