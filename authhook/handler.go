@@ -156,16 +156,20 @@ func (s *Server) allow(ctx context.Context, req *Request, a netip.Addr, proto st
 			key = "refused" // a Guard that does not name its bans: one line for all
 		}
 		if ok, n := s.refusedLog.AllowEvery(key, s.now(), refusalLogEvery); ok {
-			s.log.Info("refused", "key", v.Banned, "stage", stage, "remote", a, "protocol", proto, "by_user", v.ByUser, "suppressed", n)
+			s.log.Info("refused", "key", v.Banned, "stage", stage, "remote", a, "protocol", proto, "by_user", v.ByUser, "ref", v.Ref, "suppressed", n)
 		} else {
 			if s.debug() {
-				s.log.Debug("refused", "key", v.Banned, "stage", stage, "remote", a, "protocol", proto, "by_user", v.ByUser)
+				s.log.Debug("refused", "key", v.Banned, "stage", stage, "remote", a, "protocol", proto, "by_user", v.ByUser, "ref", v.Ref)
 			}
 		}
+		msg := s.rejectMsg
 		if v.ByUser {
-			return Reply{Status: -1, Msg: s.rejectUserMsg}, VerdictRefuse
+			msg = s.rejectUserMsg
 		}
-		return Reply{Status: -1, Msg: s.rejectMsg}, VerdictRefuse
+		if s.ReplyRef && v.Ref != "" {
+			msg += " (ref " + v.Ref + ")"
+		}
+		return Reply{Status: -1, Msg: msg}, VerdictRefuse
 	}
 	if v.SecondFactor && after {
 		if s.debug() {

@@ -77,6 +77,10 @@ type CheckResult struct {
 	// enrolled TOTP and this device is not approved; answered with
 	// SecondFactorMsg.
 	SecondFactor bool
+	// Ref names a refusal for the audit trail (package audit), "" if none:
+	// it is in the refusal log line and, with Server.ReplyRef, at the end
+	// of the msg ("(ref ID)").
+	Ref string
 }
 
 // Metrics receives what Server counts. It has the shape of policyd.Metrics,
@@ -177,6 +181,9 @@ type Server struct {
 	// account (CheckResult.ByUser): a ban keyed by user refuses it from
 	// every network but the user's known devices. Zero: DefaultRejectUserMsg.
 	RejectUserMsg string
+	// ReplyRef appends CheckResult.Ref to the refusal msg: "... (ref ID)".
+	// False: the reference is only logged.
+	ReplyRef bool
 	// SecondFactorMsg refuses, after a right password, a user who has
 	// enrolled TOTP from a device not approved yet (CheckResult.SecondFactor):
 	// it should name the approval page. Zero: DefaultSecondFactorMsg.

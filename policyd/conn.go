@@ -222,11 +222,14 @@ func (cn *conn) decide(req *Request) (action, verdict string) {
 		return action, verdict
 	case o.banned != "":
 		if ok, n := s.refusedLog.AllowEvery(o.banned, s.now(), refusalLogEvery); ok {
-			log.Info("policyd: refuse", "key", o.banned, "client", addr, "state", state, "suppressed", n)
+			log.Info("policyd: refuse", "key", o.banned, "client", addr, "state", state, "ref", o.ref, "suppressed", n)
 		} else {
 			if s.debug() {
-				log.Debug("policyd: refuse", "key", o.banned, "client", addr, "state", state)
+				log.Debug("policyd: refuse", "key", o.banned, "client", addr, "state", state, "ref", o.ref)
 			}
+		}
+		if s.ReplyRef && o.ref != "" {
+			return s.reject + " (ref " + o.ref + ")", VerdictReject
 		}
 		return s.reject, VerdictReject
 	case o.over:
@@ -243,6 +246,7 @@ func (cn *conn) decide(req *Request) (action, verdict string) {
 
 type outcome struct {
 	banned string // the subject of the ban refusing the client
+	ref    string // the refusal's reference (RefGuard), "" if none
 	over   bool
 	err    error
 }
@@ -308,9 +312,15 @@ func call(ctx context.Context, g Guard, a netip.Addr, user string, rcpt bool) (o
 			o = outcome{err: fmt.Errorf("policyd: guard panicked: %v", r)}
 		}
 	}()
-	banned, _, err := g.Check(ctx, a, user)
+	var banned, ref string
+	var err error
+	if rg, ok := g.(RefGuard); ok {
+		banned, ref, err = rg.CheckRef(ctx, a, user)
+	} else {
+		banned, _, err = g.Check(ctx, a, user)
+	}
 	if err != nil || banned != "" {
-		return outcome{banned: banned, err: err}
+		return outcome{banned: banned, ref: ref, err: err}
 	}
 	if rcpt {
 		o.over, o.err = g.Recipient(ctx, a, user)

@@ -54,6 +54,14 @@ type Guard interface {
 	Recipient(ctx context.Context, a netip.Addr, user string) (over bool, err error)
 }
 
+// RefGuard is a Guard that names each refusal with a reference (an audit
+// id, see package audit), found by type assertion: Server puts it in the
+// refusal log line ("ref") and, with ReplyRef, at the end of the reply text
+// ("(ref ID)"), so that a user's complaint leads to the decision.
+type RefGuard interface {
+	CheckRef(ctx context.Context, a netip.Addr, user string) (banned, ref string, err error)
+}
+
 // Metrics receives what Server counts. It has the shape of
 // authhook.Metrics, so that one type serves both front ends. It must be safe
 // for concurrent use.
@@ -148,6 +156,9 @@ type Server struct {
 	// FailOpen answers DUNNO when the guard fails or is slower than Timeout
 	// (store.fail_mode: open). False answers FailAction.
 	FailOpen bool
+	// ReplyRef appends a RefGuard's reference to RejectAction's text:
+	// "421 4.7.1 ... (ref k3x9q2m7ab)". False: the reference is only logged.
+	ReplyRef bool
 
 	Timeout      time.Duration // for the guard calls of one request (up to Timeout/50 more, at least 1ms: requests share deadlines); zero: DefaultTimeout
 	IdleTimeout  time.Duration // for reading a whole request; zero: DefaultIdleTimeout
