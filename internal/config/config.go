@@ -45,6 +45,18 @@ type Config struct {
 	API            API             `mapstructure:"api" yaml:"api"`
 	Safety         Safety          `mapstructure:"safety" yaml:"safety"`
 	TOTP           TOTP            `mapstructure:"totp" yaml:"totp"`
+	Audit          Audit           `mapstructure:"audit" yaml:"audit"`
+}
+
+// Audit is the audit trail (package audit) and `mailguard explain`.
+type Audit struct {
+	Enabled     bool   `mapstructure:"enabled" yaml:"enabled"`
+	User        string `mapstructure:"user" yaml:"user"`           // audit.UserModes
+	Reference   bool   `mapstructure:"reference" yaml:"reference"` // "(ref ID)" in replies
+	Node        string `mapstructure:"node" yaml:"node"`           // "": the host name
+	File        string `mapstructure:"file" yaml:"file"`           // "": no file
+	FileMaxSize string `mapstructure:"file_max_size" yaml:"file_max_size"`
+	FileKeep    int    `mapstructure:"file_keep" yaml:"file_keep"`
 }
 
 // API is the HTTP API for web apps and nginx auth_request (package api).

@@ -267,6 +267,8 @@ func TestReadmeDefaults(t *testing.T) {
 		{"`totp.trust_prefix.ipv4` / `.ipv6`", fmt.Sprintf("`%d` / `%d`", def.TOTP.TrustPrefix.IPv4, def.TOTP.TrustPrefix.IPv6)},
 		{"`totp.pending_ttl`", fmt.Sprintf("`%s`", short(def.TOTP.PendingTTL))},
 		{"`totp.reject_msg`", "`" + def.TOTP.RejectMsg[:40]},
+		{"`audit.enabled`, `audit.user`, `audit.reference`", fmt.Sprintf("`%v`, `%s`, `%v`", def.Audit.Enabled, def.Audit.User, def.Audit.Reference)},
+		{"`audit.file`, `audit.file_max_size`, `audit.file_keep`", fmt.Sprintf("empty: none, `%s`, `%d`", def.Audit.FileMaxSize, def.Audit.FileKeep)},
 	} {
 		i := strings.Index(string(b), "| "+tc.row+" | ")
 		if i < 0 {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/mailguard/mailguard/api"
+	"github.com/mailguard/mailguard/audit"
 	"github.com/mailguard/mailguard/authhook"
 	"github.com/mailguard/mailguard/enforce"
 	"github.com/mailguard/mailguard/firewall"
@@ -74,6 +75,8 @@ func Defaults() Config {
 			PendingTTL:  Duration(guard.DefaultPendingTTL), RejectMsg: DefaultTOTPRejectMsg,
 			TrustedProxies: []string{"127.0.0.1", "::1"},
 		},
+		Audit: Audit{Enabled: true, User: string(audit.DefaultUserMode), Reference: true,
+			FileMaxSize: "100MB", FileKeep: audit.DefaultFileKeep},
 		Jails: map[string]Jail{
 			"dovecot": {Enabled: true, Events: []string{guard.EventAuthFailure}, Key: string(guard.KeyPrefix), MaxRetry: 5,
 				FindTime: Duration(10 * time.Minute), BanTime: Duration(time.Hour), Action: string(guard.ActionFirewall),

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mailguard/mailguard/audit"
 	"github.com/mailguard/mailguard/firewall"
 	"github.com/mailguard/mailguard/guard"
 	"github.com/mailguard/mailguard/logwatch/filter"
@@ -210,6 +211,20 @@ func (c *Config) validate() Errors {
 	}
 	positive("safety.shared_address.window", c.Safety.SharedAddress.Window)
 	c.validateTOTP(bad, oneLine, positive)
+
+	if !audit.UserMode(c.Audit.User).Valid() {
+		bad("audit.user", "must be %s, not %q", alternatives(audit.UserModes()), c.Audit.User)
+	}
+	if _, err := audit.ParseSize(c.Audit.FileMaxSize); err != nil {
+		bad("audit.file_max_size", "%v", err)
+	}
+	atLeast1("audit.file_keep", c.Audit.FileKeep, " (the rotated files kept)")
+	if f := c.Audit.File; f != "" && !filepath.IsAbs(f) {
+		bad("audit.file", "must be an absolute path, not %q", f)
+	}
+	if strings.ContainsAny(c.Audit.Node, " \t\r\n") {
+		bad("audit.node", "must be one word (a node name), not %q", c.Audit.Node)
+	}
 
 	events := guard.Events()
 	for _, n := range slices.Sorted(maps.Keys(c.Jails)) {
