@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/mailguard/mailguard/firewall"
 	"github.com/mailguard/mailguard/guard"
 	"github.com/mailguard/mailguard/internal/listen"
 	"github.com/mailguard/mailguard/store"
@@ -105,6 +106,11 @@ type Server struct {
 	// answer. Zero: the defaults above.
 	ReadHeaderTimeout, IdleTimeout, WriteTimeout time.Duration
 
+	// Kernel lists this node's kernel firewall for explain, and
+	// FirewallBackend names it; nil or "none": no kernel firewall.
+	Kernel          func(ctx context.Context) ([]firewall.Entry, error)
+	FirewallBackend string
+
 	srv listen.HTTP
 }
 
@@ -151,6 +157,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /unban", s.unban)
 	mux.HandleFunc("GET /shared", s.shared)
 	s.totpRoutes(mux)
+	mux.HandleFunc("GET /explain", s.explain)
 	return mux
 }
 

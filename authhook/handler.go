@@ -136,6 +136,9 @@ func (s *Server) allow(ctx context.Context, req *Request, a netip.Addr, proto st
 		if ag, ok := s.Guard.(AfterAuthGuard); ok && after {
 			return ag.CheckAfterAuth(ctx, a, req.Login, proto)
 		}
+		if pg, ok := s.Guard.(ProtocolGuard); ok {
+			return pg.CheckProtocol(ctx, a, req.Login, proto)
+		}
 		return s.Guard.Check(ctx, a, req.Login)
 	})
 	if err != nil && s.clientGone(ctx, stage, a, err) {

@@ -59,6 +59,13 @@ type AfterAuthGuard interface {
 	CheckAfterAuth(ctx context.Context, a netip.Addr, user, protocol string) (CheckResult, error)
 }
 
+// ProtocolGuard is a Guard whose check also takes the login's protocol
+// (imap, pop3, ...), found by type assertion: guard names it in the audit
+// trail's refusal events. A Guard without it is asked Check.
+type ProtocolGuard interface {
+	CheckProtocol(ctx context.Context, a netip.Addr, user, protocol string) (CheckResult, error)
+}
+
 // CheckResult is what Guard.Check finds.
 type CheckResult struct {
 	// Refused refuses the login (status -1).

@@ -129,11 +129,10 @@ func (g *Guard) banEvent(e *audit.Event, b store.Ban) {
 
 // auditRefusal records a refusal by ban b and returns its id ("" when not
 // auditing).
-func (g *Guard) auditRefusal(ctx context.Context, a netip.Addr, user string, b store.Ban) string {
+func (g *Guard) auditRefusal(o origin, a netip.Addr, user string, b store.Ban) string {
 	if g.audit == nil {
 		return ""
 	}
-	o := originOf(ctx)
 	return g.audit.Record(audit.Event{Kind: audit.KindRefusal, Source: o.source, Protocol: o.protocol,
 		Addr: a.String(), User: user, Jail: b.Jail, Subject: b.Subject, Reason: b.Reason,
 		Subjects: g.trail(a, user, b.Subject)})

@@ -336,7 +336,15 @@ func (g *Guard) Check(ctx context.Context, a netip.Addr, user string) (banned st
 // A ban keyed by user refuses that user only from prefixes that are not its
 // known devices: an attacker cannot lock a user out of their own phone.
 func (g *Guard) CheckLogin(ctx context.Context, a netip.Addr, user string) (Verdict, error) {
-	v, _, err := g.checkLogin(ctx, Canon(a), user, false)
+	v, _, err := g.checkLogin(ctx, originOf(ctx), Canon(a), user, false)
+	return v, err
+}
+
+// CheckFrom is CheckLogin for a front end that names itself (source) and
+// the protocol, for the audit trail (see WithOrigin, which costs an
+// allocation per call that this does not).
+func (g *Guard) CheckFrom(ctx context.Context, source, protocol string, a netip.Addr, user string) (Verdict, error) {
+	v, _, err := g.checkLogin(ctx, origin{source, protocol}, Canon(a), user, false)
 	return v, err
 }
 
@@ -344,7 +352,7 @@ func (g *Guard) CheckLogin(ctx context.Context, a netip.Addr, user string) (Verd
 // SecondFactor configured) the same round trip asks for the user's TOTP
 // state, and an enrolled user from an unapproved trust prefix (returned)
 // gets Verdict.SecondFactor.
-func (g *Guard) checkLogin(ctx context.Context, a netip.Addr, user string, second bool) (Verdict, netip.Prefix, error) {
+func (g *Guard) checkLogin(ctx context.Context, o origin, a netip.Addr, user string, second bool) (Verdict, netip.Prefix, error) {
 	var v Verdict
 	var trust netip.Prefix
 	if !a.IsValid() || g.Ignored(a) {
@@ -395,7 +403,7 @@ func (g *Guard) checkLogin(ctx context.Context, a netip.Addr, user string, secon
 		v.ByUser = v.ByUser && byUser
 	}
 	if v.Refused {
-		ref := g.auditRefusal(ctx, a, user, by)
+		ref := g.auditRefusal(o, a, user, by)
 		return Verdict{Refused: true, Banned: v.Banned, ByUser: v.ByUser, Ref: ref}, trust, nil
 	}
 	v.ByUser = false

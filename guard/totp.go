@@ -64,7 +64,11 @@ func (g *Guard) initSecondFactor(sf SecondFactor) error {
 // ignoreip are never refused, TOTP or not.
 func (g *Guard) CheckAfterAuth(ctx context.Context, a netip.Addr, user, protocol string) (Verdict, error) {
 	a = Canon(a)
-	v, trust, err := g.checkLogin(ctx, a, user, true)
+	o := originOf(ctx)
+	if o.protocol == "" {
+		o.protocol = strings.ToLower(protocol)
+	}
+	v, trust, err := g.checkLogin(ctx, o, a, user, true)
 	if err != nil || !v.SecondFactor {
 		return v, err
 	}

@@ -91,7 +91,7 @@ func newRoot(g *globals) *cobra.Command {
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return &exitError{exitUsage, fmt.Errorf("%w\nsee 'mailguard %s --help'", err, c.Name())}
 	})
-	root.AddCommand(serveCmd(g), statusCmd(g), banCmd(g), unbanCmd(g), checkConfigCmd(g), versionCmd(),
+	root.AddCommand(serveCmd(g), statusCmd(g), banCmd(g), unbanCmd(g), explainCmd(g), checkConfigCmd(g), versionCmd(),
 		firewallCmd(g), simulateCmd(), setupCmd(g), doctorCmd(g), stateCmd(g), testFilterCmd(), totpCmd(g))
 	return root
 }

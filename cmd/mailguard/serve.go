@@ -136,12 +136,23 @@ func serve(ctx context.Context, c config.Config, log *slog.Logger) error {
 		}
 		return m, nil
 	})
+	// The audit trail (audit.*): a background recorder, closed last.
+	rec, err := auditRecorder(c, st, jails(c), log)
+	if err != nil {
+		return err
+	}
+	var auditor guard.Auditor
+	if rec != nil {
+		defer rec.Close()
+		auditor = rec
+	}
 	g, err = guard.New(st, guard.Config{
 		Jails: jails(c, plan.byJail), Ignore: ignore, Prefixes: guard.Prefixes{IPv4: c.Prefix.IPv4, IPv6: c.Prefix.IPv6},
 		Recidive:       store.Recidive{Window: c.Recidive.Window.D(), Factor: c.Recidive.Factor, MaxTime: c.Recidive.MaxTime.D()},
 		KnownDeviceTTL: c.KnownDeviceTTL.D(), Log: log, Metrics: reg,
 		Shared:       guard.SharedRule{MinUsers: c.Safety.SharedAddress.MinUsers, Window: c.Safety.SharedAddress.Window.D()},
 		SecondFactor: secondFactor(c),
+		Audit:        auditor,
 	})
 	if err != nil {
 		return err
@@ -163,7 +174,7 @@ func serve(ctx context.Context, c config.Config, log *slog.Logger) error {
 
 	failOpen := c.Store.FailMode == "open"
 	pf := &policyd.Server{
-		Guard: g, RejectAction: c.Postfix.RejectAction, DeferAction: c.Postfix.DeferAction,
+		Guard: postfixGuard{g}, ReplyRef: rec != nil && c.Audit.Reference, RejectAction: c.Postfix.RejectAction, DeferAction: c.Postfix.DeferAction,
 		FailOpen: failOpen, Timeout: c.Store.Timeout.D(), IdleTimeout: c.Postfix.IdleTimeout.D(),
 		MaxConns: c.Postfix.MaxConns, Log: log.With("frontend", "postfix"),
 		Metrics: metrics.Frontend{R: reg, Name: "postfix"},
@@ -171,12 +182,13 @@ func serve(ctx context.Context, c config.Config, log *slog.Logger) error {
 	dv := &authhook.Server{
 		Guard: dovecotGuard{g}, APIHeader: apiHeader, RejectMsg: c.Dovecot.RejectMsg,
 		RejectUserMsg: c.Dovecot.RejectMsgUser, SecondFactorMsg: c.TOTPRejectMsg(),
+		ReplyRef: rec != nil && c.Audit.Reference,
 		Tarpit:   authhook.Tarpit{Start: c.Dovecot.Tarpit.Start, Base: c.Dovecot.Tarpit.Base.D(), Max: c.Dovecot.Tarpit.Max.D()},
 		FailOpen: failOpen, Timeout: c.Store.Timeout.D(), MaxConns: c.Dovecot.MaxConns,
 		ReadTimeout: c.Dovecot.Timeout.D(),
 		Log:         log.With("frontend", "dovecot"), Metrics: metrics.Frontend{R: reg, Name: "dovecot"},
 	}
-	adm := &admin.Server{Guard: g, Log: log.With("frontend", "admin")}
+	adm := &admin.Server{Guard: g, Log: log.With("frontend", "admin"), Kernel: kernelLister(c), FirewallBackend: c.Firewall.Backend}
 	apiSrv, err := apiServer(c, g, reg, log) // nil: api off
 	if err != nil {
 		return err
