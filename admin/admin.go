@@ -111,6 +111,8 @@ type Server struct {
 	Kernel          func(ctx context.Context) ([]firewall.Entry, error)
 	FirewallBackend string
 
+	now func() time.Time // explain's clock, for tests; nil: time.Now
+
 	srv listen.HTTP
 }
 

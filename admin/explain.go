@@ -84,7 +84,7 @@ func (s *Server) explain(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	out := Explanation{Target: x.Target, Kind: x.Kind, Event: x.Event, Subjects: x.Subjects, Events: x.Events,
-		Bans: []Ban{}, Jails: []ExplainJail{}, Ignored: x.Ignored, Known: x.Known, Now: time.Now().UTC(),
+		Bans: []Ban{}, Jails: []ExplainJail{}, Ignored: x.Ignored, Known: x.Known, Now: s.clock().UTC(),
 		Recidive: Recidive{Window: x.Recidive.Window.String(), Factor: x.Recidive.Factor, MaxTime: x.Recidive.MaxTime.String()}}
 	if out.Events == nil {
 		out.Events = []audit.Event{}
@@ -148,6 +148,7 @@ func PrintExplain(w io.Writer, x Explanation) {
 	for _, j := range x.Jails {
 		jails[j.Name] = j
 	}
+	fmt.Fprintf(w, "In short: %s\n", summary(x))
 	if x.Event != nil {
 		fmt.Fprintf(w, "\nThe %s %s:\n  %s\n", x.Event.Kind, x.Event.ID, eventLine(*x.Event, jails, x.Recidive))
 	}
@@ -178,7 +179,7 @@ func PrintExplain(w io.Writer, x Explanation) {
 	}
 	for _, b := range x.Bans {
 		fmt.Fprintf(w, "  %s by jail %s, ban #%d for %s, %s left (%s)\n", e(Target(b.Subject)), e(b.Jail), b.Nth,
-			b.Expires.Sub(b.Created).Round(time.Second), b.Expires.Sub(x.Now).Round(time.Second), e(b.Reason))
+			short(b.Expires.Sub(b.Created).Round(time.Second).String()), short(b.Expires.Sub(x.Now).Round(time.Second).String()), e(b.Reason))
 	}
 	var spared []string
 	for _, ev := range x.Events {
@@ -201,11 +202,11 @@ func PrintExplain(w io.Writer, x Explanation) {
 		fmt.Fprintf(w, "\nJails:\n")
 		for _, j := range x.Jails {
 			fmt.Fprintf(w, "  %s: key %s, bans at %d failures within %s, bantime %s, action %s\n",
-				e(j.Name), j.Key, j.MaxRetry, j.FindTime, j.BanTime, j.Action)
+				e(j.Name), j.Key, j.MaxRetry, short(j.FindTime), short(j.BanTime), j.Action)
 		}
 		if x.Recidive.Factor > 1 {
 			fmt.Fprintf(w, "  escalation: the k-th ban within %s lasts bantime × %g^(k−1), at most %s\n",
-				x.Recidive.Window, x.Recidive.Factor, x.Recidive.MaxTime)
+				short(x.Recidive.Window), x.Recidive.Factor, short(x.Recidive.MaxTime))
 		}
 	}
 	fmt.Fprintf(w, "\nKernel firewall on this node (%s):\n", x.Firewall.Backend)
@@ -239,21 +240,27 @@ func eventLine(ev audit.Event, jails map[string]ExplainJail, rc Recidive) string
 	}
 	switch ev.Kind {
 	case audit.KindFailure:
-		fmt.Fprintf(&b, "failure (%s)%s via %s, counted by %s (%d)", e(ev.Event), who, from, e(strings.Join(ev.Jails, ",")), ev.Count)
+		fmt.Fprintf(&b, "failure (%s)%s via %s, counted by %s: %d in the window", e(ev.Event), who, from, e(strings.Join(ev.Jails, ",")), ev.Count)
 	case audit.KindBan:
 		j, ok := jails[ev.Jail]
 		fmt.Fprintf(&b, "BAN %s by jail %s", e(Target(ev.Subject)), e(ev.Jail))
 		if ok && ev.Source != "admin" {
-			fmt.Fprintf(&b, ": %d failures within %s reached maxretry", j.MaxRetry, j.FindTime)
+			fmt.Fprintf(&b, ": %d failures within %s reached maxretry", j.MaxRetry, short(j.FindTime))
 		} else if ev.Source == "admin" {
 			b.WriteString(" by an administrator")
 		}
-		fmt.Fprintf(&b, "; ban #%d for %s", ev.Nth, e(ev.BanTime))
+		fmt.Fprintf(&b, "; ban #%d for %s", ev.Nth, e(short(ev.BanTime)))
 		if ok && ev.Nth > 1 {
 			base, _ := time.ParseDuration(j.BanTime)
 			win, _ := time.ParseDuration(rc.Window)
 			maxT, _ := time.ParseDuration(rc.MaxTime)
-			fmt.Fprintf(&b, " (escalated: %s)", guard.EscalationOf(store.Recidive{Window: win, Factor: rc.Factor, MaxTime: maxT}, base, ev.Nth))
+			r := store.Recidive{Window: win, Factor: rc.Factor, MaxTime: maxT}
+			d := r.Duration(base, ev.Nth)
+			fmt.Fprintf(&b, " (escalated: %s × %g^%d = %s", short(base.String()), rc.Factor, ev.Nth-1, short(d.String()))
+			if maxT > 0 && d == maxT {
+				b.WriteString(", recidive.maxtime")
+			}
+			b.WriteString(")")
 		}
 	case audit.KindRefusal:
 		fmt.Fprintf(&b, "refused%s via %s: ban of %s (jail %s)", who, from, e(Target(ev.Subject)), e(ev.Jail))
@@ -264,4 +271,60 @@ func eventLine(ev audit.Event, jails map[string]ExplainJail, rc Recidive) string
 	}
 	fmt.Fprintf(&b, " [node %s, id %s]", e(ev.Node), e(ev.ID))
 	return b.String()
+}
+
+// short writes a duration as people do: 1h, 10m, 1h30m.
+func short(s string) string {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return s
+	}
+	s = d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
+}
+
+// summary is the explanation in one sentence.
+func summary(x Explanation) string {
+	e := escape.String
+	var failures int
+	var lastBan, lastUnban *audit.Event
+	for i, ev := range x.Events {
+		mine := slices.Contains(x.Subjects, ev.Subject) // a ban on the target itself
+		switch {
+		case ev.Kind == audit.KindFailure:
+			failures++
+		case ev.Kind == audit.KindBan && mine:
+			lastBan = &x.Events[i]
+		case ev.Kind == audit.KindUnban && mine:
+			lastUnban = &x.Events[i]
+		}
+	}
+	var s string
+	switch {
+	case x.Ignored:
+		s = "inside ignoreip, never banned"
+	case len(x.Bans) > 0:
+		b := x.Bans[0]
+		s = fmt.Sprintf("banned: %s by jail %s (ban #%d) until %s", e(Target(b.Subject)), e(b.Jail), b.Nth, b.Expires.UTC().Format(time.RFC3339))
+	case lastUnban != nil && (lastBan == nil || !lastUnban.Time.Before(lastBan.Time)):
+		s = fmt.Sprintf("not banned: an administrator lifted the ban at %s", lastUnban.Time.UTC().Format(time.RFC3339))
+	case lastBan != nil:
+		s = fmt.Sprintf("not banned any more: the last ban (jail %s) ran out", e(lastBan.Jail))
+	default:
+		s = "not banned"
+	}
+	return fmt.Sprintf("%s; %d failure(s) in the audit trail", s, failures)
+}
+
+func (s *Server) clock() time.Time {
+	if s.now != nil {
+		return s.now()
+	}
+	return time.Now()
 }

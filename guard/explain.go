@@ -8,7 +8,6 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"time"
 
 	"github.com/mailguard/mailguard/audit"
 	"github.com/mailguard/mailguard/store"
@@ -173,23 +172,4 @@ func (g *Guard) knownPairs(ctx context.Context, x Explanation, addr netip.Addr) 
 		}
 	}
 	return out, nil
-}
-
-// Escalation says how the nth ban of jail j got its length, for people:
-// "1h" for a first ban, "1h × 2^2 = 4h" for a third.
-func (g *Guard) Escalation(j Jail, nth int) string {
-	return EscalationOf(g.recidive, j.BanTime, nth)
-}
-
-// EscalationOf is Escalation for a recidive rule and a jail's bantime.
-func EscalationOf(r store.Recidive, base time.Duration, nth int) string {
-	d := r.Duration(base, nth)
-	if nth <= 1 || r.Window <= 0 || r.Factor <= 1 {
-		return d.String()
-	}
-	s := fmt.Sprintf("%s × %g^%d = %s", base, r.Factor, nth-1, d)
-	if r.MaxTime > 0 && d == r.MaxTime {
-		s += " (recidive.maxtime)"
-	}
-	return s
 }

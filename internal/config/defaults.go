@@ -75,7 +75,7 @@ func Defaults() Config {
 			PendingTTL:  Duration(guard.DefaultPendingTTL), RejectMsg: DefaultTOTPRejectMsg,
 			TrustedProxies: []string{"127.0.0.1", "::1"},
 		},
-		Audit: Audit{Enabled: true, User: string(audit.DefaultUserMode), Reference: true,
+		Audit: Audit{Enabled: true, User: string(audit.DefaultUserMode), Reference: false,
 			FileMaxSize: "100MB", FileKeep: audit.DefaultFileKeep},
 		Jails: map[string]Jail{
 			"dovecot": {Enabled: true, Events: []string{guard.EventAuthFailure}, Key: string(guard.KeyPrefix), MaxRetry: 5,
