@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/netip"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/mailguard/mailguard/audit"
@@ -127,15 +128,50 @@ func (g *Guard) banEvent(e *audit.Event, b store.Ban) {
 	}
 }
 
+// Refusals of one banned subject through one source within refusalEvery
+// make one audit event; the others carry its id: a banned client that
+// keeps knocking would otherwise fill the trail (and the store) with
+// copies. refusalRefsMax bounds the ids remembered.
+const (
+	refusalEvery   = time.Minute
+	refusalRefsMax = 10_000
+)
+
+type refusalRef struct {
+	id string
+	at time.Time
+}
+
+// refusals remembers the latest refusal event per banned subject and source.
+type refusals struct {
+	mu sync.Mutex
+	m  map[string]refusalRef
+}
+
 // auditRefusal records a refusal by ban b and returns its id ("" when not
 // auditing).
 func (g *Guard) auditRefusal(o origin, a netip.Addr, user string, b store.Ban) string {
 	if g.audit == nil {
 		return ""
 	}
-	return g.audit.Record(audit.Event{Kind: audit.KindRefusal, Source: o.source, Protocol: o.protocol,
+	key, now := o.source+"|"+b.Jail+"|"+b.Subject, g.now()
+	r := &g.refusals
+	r.mu.Lock()
+	if ref, ok := r.m[key]; ok && now.Sub(ref.at) < refusalEvery && !now.Before(ref.at) {
+		r.mu.Unlock()
+		return ref.id
+	}
+	r.mu.Unlock()
+	id := g.audit.Record(audit.Event{Kind: audit.KindRefusal, Source: o.source, Protocol: o.protocol,
 		Addr: a.String(), User: user, Jail: b.Jail, Subject: b.Subject, Reason: b.Reason,
 		Subjects: g.trail(a, user, b.Subject)})
+	r.mu.Lock()
+	if r.m == nil || len(r.m) >= refusalRefsMax {
+		r.m = make(map[string]refusalRef)
+	}
+	r.m[key] = refusalRef{id, now}
+	r.mu.Unlock()
+	return id
 }
 
 // auditAdmin records a ban or unban made by an administrator.

@@ -119,3 +119,124 @@ func TestAuditEvents(t *testing.T) {
 		})
 	}
 }
+
+// recordFunc is an Auditor counting what it is given.
+type recordFunc func(audit.Event) string
+
+func (f recordFunc) Record(e audit.Event) string { return f(e) }
+
+// TestRefusalEventsPerMinute: a banned client knocking again and again makes
+// one refusal event per source a minute; the refusals in between carry its
+// id.
+func TestRefusalEventsPerMinute(t *testing.T) {
+	clk := &clock{t: time.Now()}
+	st, err := memstore.Open(memstore.Options{Now: clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	n := 0
+	rec := recordFunc(func(e audit.Event) string {
+		if e.Kind != audit.KindRefusal {
+			return ""
+		}
+		n++
+		return audit.NewID()
+	})
+	g, err := New(st, Config{Jails: []Jail{authJail}, Prefixes: Prefixes{IPv4: 32, IPv6: 64}, Now: clk.Now, Audit: rec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := netip.MustParseAddr("192.0.2.7")
+	if _, err := g.Ban(t.Context(), "192.0.2.7", "", 0); err != nil {
+		t.Fatal(err)
+	}
+	refs := map[string]int{}
+	for i := range 120 { // two minutes, a refusal a second, from Postfix
+		v, err := g.CheckFrom(t.Context(), "postfix", "smtp", a, "")
+		if err != nil || !v.Refused {
+			t.Fatalf("check %d = %+v, %v", i, v, err)
+		}
+		refs[v.Ref]++
+		clk.Add(time.Second)
+	}
+	if n != 2 || len(refs) != 2 {
+		t.Errorf("120 refusals in 2 minutes: %d events, %d distinct refs; want 2 and 2", n, len(refs))
+	}
+	if v, _ := g.CheckFrom(t.Context(), "dovecot", "imap", a, ""); n != 3 || refs[v.Ref] != 0 {
+		t.Errorf("first Dovecot refusal: events %d, ref %s reused; want its own event", n, v.Ref)
+	}
+}
+
+// BenchmarkAudit measures what the audit trail adds to guard's calls on
+// the embedded store (the recorder writes to the same store in the
+// background, so its work is in the figures): a counted failure from
+// rotating addresses, the check of a clean client, and the check of a
+// banned one (a refusal).
+func BenchmarkAudit(b *testing.B) {
+	for _, on := range []bool{false, true} {
+		name := "off"
+		if on {
+			name = "on"
+		}
+		setup := func(b *testing.B) (*Guard, *audit.Recorder) {
+			clk := &clock{t: time.Now()}
+			st, err := memstore.Open(memstore.Options{Now: clk.Now})
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { st.Close() })
+			c := Config{Jails: []Jail{authJail, userJail}, Prefixes: Prefixes{IPv4: 32, IPv6: 64}, Now: clk.Now}
+			var rec *audit.Recorder
+			if on {
+				rec = audit.NewRecorder(audit.Options{Node: "mx1", Store: st, Keep: 40, TTL: time.Hour, Now: clk.Now})
+				b.Cleanup(func() { rec.Close() })
+				c.Audit = rec
+			}
+			g, err := New(st, c)
+			if err != nil {
+				b.Fatal(err)
+			}
+			return g, rec
+		}
+		b.Run("failure/"+name, func(b *testing.B) {
+			g, rec := setup(b)
+			ctx := WithOrigin(context.Background(), "dovecot", "imap")
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				i++
+				a := netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
+				if _, err := g.Fail(ctx, a, "alice@example.org", "imap", ""); err != nil {
+					b.Fatal(err)
+				}
+			}
+			if rec != nil {
+				rec.Flush(context.Background())
+			}
+		})
+		b.Run("check/"+name, func(b *testing.B) {
+			g, _ := setup(b)
+			a := netip.MustParseAddr("198.51.100.7")
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := g.CheckFrom(context.Background(), "postfix", "smtp", a, ""); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run("refusal/"+name, func(b *testing.B) {
+			g, _ := setup(b)
+			a := netip.MustParseAddr("192.0.2.7")
+			if _, err := g.Ban(context.Background(), "192.0.2.7", "", 0); err != nil {
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				if v, err := g.CheckFrom(context.Background(), "postfix", "smtp", a, ""); err != nil || !v.Refused {
+					b.Fatal(v, err)
+				}
+			}
+		})
+	}
+}

@@ -148,7 +148,8 @@ type Guard struct {
 	protoMu sync.Mutex
 	byProto map[string]map[string]int64 // jail → protocol → failures counted by this node
 
-	audit Auditor // nil: none
+	audit    Auditor  // nil: none
+	refusals refusals // audit.go
 }
 
 // New returns a Guard over st.

@@ -11,12 +11,12 @@ import (
 var _ store.Auditing = (*Store)(nil)
 
 // Bounds of the embedded audit trail under a flood, beyond the per-subject
-// Keep and the TTL: a trail costs about 100 bytes plus its records, an id
-// about 80 bytes plus its record (which it shares with the trails).
+// Keep and the TTL: at most maxAuditEvents records in all the trails and as
+// many ids. A record of a failure costs about 400 bytes with its id
+// (TestMemoryPerAuditedSubject): about 80 MB at the bound.
 const (
-	maxAuditSubjects = 200_000
-	maxAuditIDs      = 1_000_000
-	auditSweepEvery  = 4096 // appends between sweeps of expired entries
+	maxAuditEvents  = 200_000
+	auditSweepEvery = 4096 // appends between sweeps of expired entries
 )
 
 // auditing is the embedded store's store.Auditing state. It is not
@@ -26,12 +26,25 @@ type auditing struct {
 	mu      sync.Mutex
 	trails  map[string]*auditTrail
 	ids     map[string]auditEntry
+	events  int // records in trails
 	appends int
 }
 
+// auditTrail holds a subject's records, oldest first: the last keep of
+// them count; up to keep more wait to be trimmed, so that an append costs
+// O(1) amortised, not a copy of the trail.
 type auditTrail struct {
 	recs    [][]byte
+	keep    int
 	expires int64 // unix ns
+}
+
+// live is the records that count.
+func (t *auditTrail) live() [][]byte {
+	if n := len(t.recs) - t.keep; n > 0 {
+		return t.recs[n:]
+	}
+	return t.recs
 }
 
 type auditEntry struct {
@@ -60,34 +73,41 @@ func (s *Store) Append(_ context.Context, recs []store.AuditRecord) error {
 	for _, r := range recs {
 		exp := now + int64(r.TTL)
 		data := append([]byte(nil), r.Data...)
-		if _, ok := a.ids[r.ID]; !ok && len(a.ids) >= maxAuditIDs {
-			a.sweep(now)
-			if len(a.ids) >= maxAuditIDs {
-				for k := range a.ids { // any one: maps iterate in random order
-					delete(a.ids, k)
-					break
-				}
+		if _, ok := a.ids[r.ID]; !ok && len(a.ids) >= maxAuditEvents {
+			for k := range a.ids { // any one: maps iterate in random order
+				delete(a.ids, k)
+				break
 			}
 		}
 		a.ids[r.ID] = auditEntry{data: data, expires: exp}
 		for _, sub := range r.Subjects {
 			t := a.trails[sub]
-			if t == nil || t.expires <= now {
-				if t == nil && len(a.trails) >= maxAuditSubjects {
-					a.sweep(now)
-					if len(a.trails) >= maxAuditSubjects {
-						for k := range a.trails {
-							delete(a.trails, k)
-							break
-						}
+			if t != nil && t.expires <= now {
+				a.events -= len(t.recs)
+				t.recs = nil
+			}
+			if a.events >= maxAuditEvents { // expired ones go at the next sweep
+				for k, v := range a.trails { // random victims: maps iterate in random order
+					if a.events < maxAuditEvents {
+						break
 					}
+					if v == t {
+						continue
+					}
+					a.events -= len(v.recs)
+					delete(a.trails, k)
 				}
+			}
+			if t == nil {
 				t = &auditTrail{}
 				a.trails[sub] = t
 			}
 			t.recs = append(t.recs, data)
-			if n := len(t.recs) - r.Keep; n > 0 {
-				t.recs = append(t.recs[:0:0], t.recs[n:]...)
+			a.events++
+			t.keep = r.Keep
+			if n := len(t.recs) - r.Keep; n >= r.Keep || n > 0 && cap(t.recs) == len(t.recs) {
+				t.recs = append(make([][]byte, 0, 2*r.Keep), t.recs[n:]...)
+				a.events -= n
 			}
 			t.expires = max(t.expires, exp)
 		}
@@ -103,6 +123,7 @@ func (s *Store) Append(_ context.Context, recs []store.AuditRecord) error {
 func (a *auditing) sweep(now int64) {
 	for k, t := range a.trails {
 		if t.expires <= now {
+			a.events -= len(t.recs)
 			delete(a.trails, k)
 		}
 	}
@@ -126,8 +147,9 @@ func (s *Store) Trail(_ context.Context, subject store.Subject) ([][]byte, error
 	if t == nil || t.expires <= now {
 		return [][]byte{}, nil
 	}
-	out := make([][]byte, len(t.recs))
-	for i, r := range t.recs {
+	live := t.live()
+	out := make([][]byte, len(live))
+	for i, r := range live {
 		out[i] = append([]byte(nil), r...)
 	}
 	return out, nil
