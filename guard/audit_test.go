@@ -240,3 +240,41 @@ func BenchmarkAudit(b *testing.B) {
 		})
 	}
 }
+
+// TestAuditLogFailure: failures found in logs are audited with their log
+// source, whatever its text, and make the ban's event.
+func TestAuditLogFailure(t *testing.T) {
+	clk := &clock{t: time.Now()}
+	st, err := memstore.Open(memstore.Options{Now: clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	rec := audit.NewRecorder(audit.Options{Node: "mx1", Store: st, Keep: 10, TTL: time.Hour, Now: clk.Now})
+	defer rec.Close()
+	pf := Jail{Name: "postfix", Events: []string{EventAbuse}, Key: KeyPrefix, MaxRetry: 2, FindTime: 10 * time.Minute,
+		BanTime: time.Hour, Action: ActionRefuse, Logs: []string{"log:/var/log/mail.log:postfix"}}
+	g, err := New(st, Config{Jails: []Jail{pf}, Prefixes: Prefixes{IPv4: 32, IPv6: 64}, Now: clk.Now, Audit: rec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const src = "log:/var/log/mail.log:postfix \x1b[31m"
+	a := netip.MustParseAddr("203.0.113.9")
+	for range 2 {
+		if _, _, err := g.LogFailure(t.Context(), "postfix", a, "", src); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rec.Flush(t.Context())
+	recs, err := st.Trail(t.Context(), "net:203.0.113.9/32")
+	if err != nil || len(recs) != 3 {
+		t.Fatalf("trail = %d records, %v; want 2 failures and a ban", len(recs), err)
+	}
+	for i, r := range recs {
+		e, err := audit.Unmarshal(r)
+		want := []audit.Kind{audit.KindFailure, audit.KindFailure, audit.KindBan}[i]
+		if err != nil || e.Kind != want || e.Source != src || e.Event != ProtocolLog {
+			t.Errorf("event %d = %+v, %v; want a %s from %q", i, e, err, want, src)
+		}
+	}
+}

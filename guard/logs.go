@@ -70,6 +70,11 @@ func (g *Guard) LogFailure(ctx context.Context, jail string, a netip.Addr, user,
 		g.log.Info("ban", "jail", j.Name, "key", r.Ban.Subject, "ttl", r.Ban.Expires.Sub(r.Ban.Created).Round(time.Second),
 			"count", r.Count, "nth", r.Ban.Nth, "source", source)
 	}
+	if g.audit != nil { // audit.go
+		var note failureNote
+		note.add(j.Name, r.Count, h.BanTime == 0 && r.Count >= j.MaxRetry)
+		g.auditFailure(WithOrigin(ctx, source, ""), ProtocolLog, a, user, "", "", &note, bans)
+	}
 	return bans, true, nil
 }
 

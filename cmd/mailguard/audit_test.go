@@ -23,7 +23,7 @@ func TestAuditBounds(t *testing.T) {
 		{"defaults", def, 40, 7 * 24 * time.Hour}, // dovecot-user: maxretry 20; recidive 168h
 		{"no escalation", noEsc, 40, time.Hour},   // the longest findtime/bantime: 1h
 	} {
-		keep, ttl := auditBounds(tc.c, jails(tc.c))
+		keep, ttl := auditBounds(tc.c, jails(tc.c, nil))
 		if keep != tc.keep || ttl != tc.ttl {
 			t.Errorf("%s: auditBounds = %d, %v; want %d, %v", tc.name, keep, ttl, tc.keep, tc.ttl)
 		}

@@ -137,7 +137,7 @@ func serve(ctx context.Context, c config.Config, log *slog.Logger) error {
 		return m, nil
 	})
 	// The audit trail (audit.*): a background recorder, closed last.
-	rec, err := auditRecorder(c, st, jails(c), log)
+	rec, err := auditRecorder(c, st, jails(c, plan.byJail), log)
 	if err != nil {
 		return err
 	}
