@@ -18,8 +18,6 @@
 package replay
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -201,73 +199,6 @@ type counter map[string]int
 
 func (c counter) Failure(jail, _ string) { c[jail]++ }
 func (c counter) Banned(string)          {}
-
-// Read replays every record of r, one JSON object a line. A bad line
-// (not JSON, truncated, an invalid address) is reported in Result.Bad with
-// its line number and skipped; past Options.MaxBadLines Read stops with
-// ErrTooManyBadLines.
-func (rp *Replay) Read(ctx context.Context, r io.Reader) error {
-	br := bufio.NewReaderSize(r, 256<<10)
-	for {
-		line, err := readLine(br)
-		if len(line) > 0 || err == nil || err == errLong {
-			rp.line++
-			rp.res.Lines++
-			var perr error
-			if err == errLong {
-				perr = fmt.Errorf("longer than %d bytes", audit.MaxLine)
-			} else if len(bytes.TrimSpace(line)) > 0 {
-				perr = rp.record(ctx, line)
-			}
-			if perr != nil {
-				rp.res.Bad = append(rp.res.Bad, LineError{Line: rp.line, Err: perr.Error()})
-				if len(rp.res.Bad) > rp.o.MaxBadLines {
-					return fmt.Errorf("%w (%d, the last at line %d)", ErrTooManyBadLines, len(rp.res.Bad), rp.line)
-				}
-			}
-			if rp.line%4096 == 0 && ctx.Err() != nil {
-				return ctx.Err()
-			}
-		}
-		switch {
-		case err == io.EOF:
-			return nil
-		case err != nil && err != errLong:
-			return fmt.Errorf("replay: read: %w", err)
-		}
-	}
-}
-
-var errLong = errors.New("line too long")
-
-// readLine returns the next line without its newline; a line past
-// audit.MaxLine is skipped to its end and reported as errLong.
-func readLine(br *bufio.Reader) ([]byte, error) {
-	line, err := br.ReadSlice('\n')
-	if err == bufio.ErrBufferFull || (err == nil && len(line) > audit.MaxLine+1) {
-		for err == bufio.ErrBufferFull {
-			_, err = br.ReadSlice('\n')
-		}
-		if err != nil && err != io.EOF {
-			return nil, err
-		}
-		return nil, errLong
-	}
-	return bytes.TrimSuffix(line, []byte("\n")), err
-}
-
-// record replays one line.
-func (rp *Replay) record(ctx context.Context, line []byte) error {
-	e, err := audit.Unmarshal(line)
-	if err != nil {
-		// "audit: decode:" says nothing here; keep the rest.
-		return errors.New(strings.TrimPrefix(err.Error(), "audit: decode: "))
-	}
-	if e.Time.IsZero() {
-		return fmt.Errorf("record %s without a time", e.ID)
-	}
-	return rp.Event(ctx, e)
-}
 
 // Event replays one recorded event. An event that cannot be replayed (an
 // invalid address) is an error and changes nothing.
