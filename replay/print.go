@@ -46,7 +46,7 @@ func Print(w io.Writer, res *Result) error {
 	if len(res.Bad) > 0 {
 		pw.printf("\n%d bad lines skipped:\n", len(res.Bad))
 		for _, e := range res.Bad {
-			pw.printf("line %d: %s\n", e.Line, escape.String(e.Err))
+			pw.printf("%s\n", escape.String(e.Error()))
 		}
 	}
 	return pw.err

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"runtime"
 	"strings"
 	"sync"
@@ -77,6 +78,34 @@ func (rp *Replay) Read(parent context.Context, r io.Reader) error {
 	return parent.Err()
 }
 
+// ReadFiles replays the audit file at path and its rotated predecessors,
+// oldest first (PATH.N ... PATH.1, PATH), as audit.ReadFiles finds them;
+// bad lines name their file.
+func (rp *Replay) ReadFiles(ctx context.Context, path string) error {
+	var paths []string
+	for i := 1; ; i++ {
+		p := fmt.Sprintf("%s.%d", path, i)
+		if _, err := os.Stat(p); err != nil {
+			break
+		}
+		paths = append([]string{p}, paths...)
+	}
+	for _, p := range append(paths, path) {
+		f, err := os.Open(p)
+		if err != nil {
+			return fmt.Errorf("replay: %w", err)
+		}
+		rp.file, rp.line = p, 0
+		err = rp.Read(ctx, f)
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("replay: %s: %w", p, err)
+		}
+	}
+	rp.file = ""
+	return nil
+}
+
 func (rp *Replay) replayChunks(ctx context.Context, order <-chan *chunk) error {
 	for c := range order {
 		<-c.done
@@ -91,7 +120,7 @@ func (rp *Replay) replayChunks(ctx context.Context, order <-chan *chunk) error {
 				err = rp.Event(ctx, p.e)
 			}
 			if err != nil {
-				rp.res.Bad = append(rp.res.Bad, LineError{Line: rp.line, Err: err.Error()})
+				rp.res.Bad = append(rp.res.Bad, LineError{File: rp.file, Line: rp.line, Err: err.Error()})
 				if len(rp.res.Bad) > rp.o.MaxBadLines {
 					return fmt.Errorf("%w (%d, the last at line %d)", ErrTooManyBadLines, len(rp.res.Bad), rp.line)
 				}

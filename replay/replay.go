@@ -103,11 +103,17 @@ type KnownRefusal struct {
 
 // LineError is a line of the trail that could not be replayed.
 type LineError struct {
+	File string `json:"file,omitempty"` // "" when read from a stream
 	Line int    `json:"line"`
 	Err  string `json:"error"`
 }
 
-func (e LineError) Error() string { return fmt.Sprintf("line %d: %s", e.Line, e.Err) }
+func (e LineError) Error() string {
+	if e.File != "" {
+		return fmt.Sprintf("%s line %d: %s", e.File, e.Line, e.Err)
+	}
+	return fmt.Sprintf("line %d: %s", e.Line, e.Err)
+}
 
 // Result is what a replay found.
 type Result struct {
@@ -160,6 +166,7 @@ type Replay struct {
 	recorded, replayed map[banKey][]Ban
 	failures           map[string]int // jail → failures counted
 	seeded             bool
+	file               string // being read, for LineError
 	line               int
 }
 

@@ -92,7 +92,8 @@ func newRoot(g *globals) *cobra.Command {
 		return &exitError{exitUsage, fmt.Errorf("%w\nsee 'mailguard %s --help'", err, c.Name())}
 	})
 	root.AddCommand(serveCmd(g), statusCmd(g), banCmd(g), unbanCmd(g), explainCmd(g), checkConfigCmd(g), versionCmd(),
-		firewallCmd(g), simulateCmd(), setupCmd(g), doctorCmd(g), stateCmd(g), testFilterCmd(), totpCmd(g))
+		firewallCmd(g), simulateCmd(), setupCmd(g), doctorCmd(g), stateCmd(g), testFilterCmd(), totpCmd(g),
+		replayCmd(g))
 	return root
 }
 
