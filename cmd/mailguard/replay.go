@@ -92,7 +92,7 @@ would refuse from their known devices (--known), which makes it exit 1.`,
 				return err
 			}
 			if len(res.Known) > 0 {
-				return &exitError{exitRefused, fmt.Errorf("the new config refuses %d login(s) from known devices: see the lines marked !!!", len(res.Known))}
+				return &exitError{exitRefused, fmt.Errorf("the new config refuses %d login(s) from known devices (the lines marked !!!)", len(res.Known))}
 			}
 			return nil
 		},

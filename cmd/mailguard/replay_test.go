@@ -33,7 +33,7 @@ func TestReplayCommand(t *testing.T) {
 
 	out, err := runCLI(t, "", "replay", "--config", "testdata/replay-stricter.yaml", "--known", known, path)
 	var ee *exitError
-	if !errors.As(err, &ee) || ee.code != exitRefused || !strings.Contains(err.Error(), "refuses 1 login(s) from known devices") {
+	if !errors.As(err, &ee) || ee.code != exitRefused || !strings.Contains(err.Error(), "refuses 1 login(s) from known devices (") {
 		t.Errorf("err = %v, want exit %d for the known device", err, exitRefused)
 	}
 	for _, want := range []string{
