@@ -361,6 +361,18 @@ func (rp *Replay) count(ctx context.Context, e audit.Event, a netip.Addr) error 
 	var bans []store.Ban
 	var err error
 	switch {
+	case strings.HasPrefix(e.Source, "log:"):
+		// A log filter's match counts in the jails that named the log.
+		for _, j := range e.Jails {
+			if _, ok := rp.g.Jail(j); !ok {
+				continue
+			}
+			b, _, err := rp.g.LogFailure(ctx, j, a, e.User, e.Source)
+			if err != nil {
+				return fmt.Errorf("record %s: %w", e.ID, err)
+			}
+			bans = append(bans, b...)
+		}
 	case e.Event == guard.EventAuthFailure && strings.HasPrefix(e.Source, "api:"):
 		var r guard.Reported
 		r, err = rp.g.Report(ctx, guard.Report{Kind: e.Event, Addr: a, User: e.User, App: strings.TrimPrefix(e.Source, "api:")})

@@ -379,3 +379,24 @@ func TestReplayHashedUsers(t *testing.T) {
 		t.Errorf("subjectOf = %q, want %q", got, want)
 	}
 }
+
+// Failures a log filter found count in the jails that named the log.
+func TestReplayLogFailures(t *testing.T) {
+	rp, err := New(Options{Guard: recorded()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rp.Close()
+	ctx := context.Background()
+	for i := range 5 {
+		e := audit.Event{V: 1, ID: fmt.Sprintf("log%07d", i), Time: day0.Add(time.Duration(i) * time.Minute), Kind: audit.KindFailure,
+			Source: "log:/var/log/mail.log:postfix", Event: guard.ProtocolLog, Addr: "192.0.2.99", Jails: []string{"postfix", "gone"}}
+		if err := rp.Event(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res := rp.Result()
+	if len(res.Added) != 1 || res.Added[0].Subject != "net:192.0.2.99/32" || res.Added[0].Jail != "postfix" {
+		t.Errorf("added %+v, want one postfix ban of 192.0.2.99", res.Added)
+	}
+}

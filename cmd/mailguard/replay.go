@@ -109,7 +109,7 @@ would refuse from their known devices (--known), which makes it exit 1.`,
 func policy(c config.Config) guard.Config {
 	ignore, _ := config.ParseIgnore(c.IgnoreIP) // validated
 	return guard.Config{
-		Jails: jails(c), Ignore: ignore, Prefixes: guard.Prefixes{IPv4: c.Prefix.IPv4, IPv6: c.Prefix.IPv6},
+		Jails: jails(c, nil), Ignore: ignore, Prefixes: guard.Prefixes{IPv4: c.Prefix.IPv4, IPv6: c.Prefix.IPv6},
 		Recidive:       store.Recidive{Window: c.Recidive.Window.D(), Factor: c.Recidive.Factor, MaxTime: c.Recidive.MaxTime.D()},
 		KnownDeviceTTL: c.KnownDeviceTTL.D(),
 		Shared:         guard.SharedRule{MinUsers: c.Safety.SharedAddress.MinUsers, Window: c.Safety.SharedAddress.Window.D()},
