@@ -73,8 +73,10 @@ type Ban struct {
 	Subject string        `json:"subject"`
 	Jail    string        `json:"jail"`
 	Time    time.Time     `json:"time"`
-	BanTime time.Duration `json:"bantime"`
-	Nth     int           `json:"nth,omitempty"`
+	BanTime time.Duration `json:"-"`
+	// BanTimeText is BanTime as a Go duration ("1h0m0s"), as in the trail.
+	BanTimeText string `json:"bantime"`
+	Nth         int    `json:"nth,omitempty"`
 	// Addr and Protocol are of the failure that made the ban.
 	Addr     string `json:"addr,omitempty"`
 	Protocol string `json:"protocol,omitempty"`
@@ -251,8 +253,14 @@ func (rp *Replay) Event(ctx context.Context, e audit.Event) error {
 		}
 	case audit.KindBan:
 		if e.Source == "admin" {
+			// A ban the new config cannot take (ignoreip, no such jail, a
+			// prefix of another length) is counted, not an error.
 			_, err := rp.g.Ban(ctx, target(e), e.Jail, banTime(e))
-			if err != nil && !errors.Is(err, guard.ErrIgnored) && !errors.Is(err, guard.ErrNoJail) {
+			if errors.Is(err, guard.ErrIgnored) || errors.Is(err, guard.ErrNoJail) || errors.Is(err, guard.ErrTarget) {
+				rp.res.NotReplayed["admin ban"]++
+				return nil
+			}
+			if err != nil {
 				return fmt.Errorf("record %s: admin ban: %w", e.ID, err)
 			}
 			return nil
@@ -481,6 +489,9 @@ func (rp *Replay) Result() *Result {
 		}
 	}
 	for _, l := range [][]Ban{res.Added, res.Removed} {
+		for i := range l {
+			l[i].BanTimeText = l[i].BanTime.String()
+		}
 		sort.Slice(l, func(i, j int) bool {
 			if !l[i].Time.Equal(l[j].Time) {
 				return l[i].Time.Before(l[j].Time)
