@@ -26,6 +26,21 @@ func TestUserMode(t *testing.T) {
 			t.Errorf("%s.User(%q) = %q, want %q", tc.mode, tc.login, got, tc.out)
 		}
 	}
+	for _, tc := range []struct {
+		mode         UserMode
+		subject, out string
+	}{
+		{UserPlain, "user:alice@example.org", "user:alice@example.org"},
+		{UserHashed, "user:alice@example.org", "user:" + UserHash("alice@example.org")},
+		{UserHashed, "user+net:alice@example.org|2001:db8::/64", "user+net:" + UserHash("alice@example.org") + "|2001:db8::/64"},
+		{UserOmit, "user:alice@example.org", "user:"},
+		{UserOmit, "user+net:alice@example.org|192.0.2.0/24", "user+net:|192.0.2.0/24"},
+		{UserHashed, "net:192.0.2.7/32", "net:192.0.2.7/32"},
+	} {
+		if got := tc.mode.Subject(tc.subject); got != tc.out {
+			t.Errorf("%s.Subject(%q) = %q, want %q", tc.mode, tc.subject, got, tc.out)
+		}
+	}
 	if h := UserHash("alice@example.org"); len(h) != 18 || !strings.HasPrefix(h, "h:") {
 		t.Errorf("UserHash = %q, want h: and 16 hex digits", h)
 	}

@@ -142,6 +142,24 @@ func (m UserMode) User(login string) string {
 	return UserHash(login)
 }
 
+// Subject returns subject with its login, if it names one ("user:LOGIN",
+// "user+net:LOGIN|PREFIX"), as m records logins: a hashed or omitted
+// login does not come back through the subject of a ban.
+func (m UserMode) Subject(subject string) string {
+	if m == UserPlain {
+		return subject
+	}
+	if login, ok := strings.CutPrefix(subject, "user:"); ok {
+		return "user:" + m.User(login)
+	}
+	if rest, ok := strings.CutPrefix(subject, "user+net:"); ok {
+		if i := strings.LastIndexByte(rest, '|'); i >= 0 {
+			return "user+net:" + m.User(rest[:i]) + rest[i:]
+		}
+	}
+	return subject
+}
+
 // UserHash is "h:" and the first 16 hex digits of the SHA-256 of the
 // lower-cased login: a pseudonym, the same on every node.
 func UserHash(login string) string {

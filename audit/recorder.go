@@ -82,7 +82,8 @@ func NewRecorder(o Options) *Recorder {
 // Users is how events name users.
 func (r *Recorder) Users() UserMode { return r.o.Users }
 
-// Record names e (ID, time, node, the user as Users says) and queues it; it
+// Record names e (ID, time, node, the user, in User and Subject, as Users
+// says) and queues it; it
 // returns the id. Subjects and every other field are the caller's.
 func (r *Recorder) Record(e Event) string {
 	e.V = Version
@@ -93,6 +94,7 @@ func (r *Recorder) Record(e Event) string {
 	e.Time = e.Time.UTC()
 	e.Node = r.o.Node
 	e.User = r.o.Users.User(e.User)
+	e.Subject = r.o.Users.Subject(e.Subject)
 	select {
 	case r.ch <- e:
 	default:
