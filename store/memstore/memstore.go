@@ -63,6 +63,7 @@ type Store struct {
 	totp   totpState
 	share  sharing  // store.Sharing (share.go)
 	audit  auditing // store.Auditing (audit.go)
+	hold   holding  // store.Holding (hold.go)
 
 	// maxWindow is the longest recidive window Hit has been given, in
 	// nanoseconds: how long a manual ban's time is kept for escalation, with

@@ -47,6 +47,7 @@ func Run(t *testing.T, newStore func(t *testing.T, now func() time.Time) store.S
 		{"TOTP", totpCases},
 		{"Sharing", sharingCases},
 		{"Audit", auditCases},
+		{"Holding", holdingCases},
 	}
 	for _, g := range groups {
 		t.Run(g.name, func(t *testing.T) {
