@@ -21,6 +21,7 @@ type holding struct {
 	window []int64             // admitted and released bans, unix ns, oldest first, ≤ limit+1
 	held   []store.Held        // oldest first
 	index  map[string]struct{} // holdKey of every held ban
+	next   time.Time           // the earliest expiry of held (zero: none held)
 }
 
 func holdKey(jail, subject string) string { return jail + "\x00" + subject }
@@ -64,8 +65,16 @@ func (h *holding) reindex() {
 		h.index = make(map[string]struct{})
 	}
 	clear(h.index)
+	h.next = time.Time{}
 	for _, e := range h.held {
 		h.index[holdKey(e.Jail, e.Subject)] = struct{}{}
+		h.noteExpiry(e)
+	}
+}
+
+func (h *holding) noteExpiry(e store.Held) {
+	if x := e.Expires(); h.next.IsZero() || x.Before(h.next) {
+		h.next = x
 	}
 }
 
@@ -111,12 +120,13 @@ func (s *Store) Admit(_ context.Context, e store.Held, limit int, span time.Dura
 	e.Held = now
 	h.held = append(h.held, e)
 	h.index[k] = struct{}{}
+	h.noteExpiry(e)
 	return false, nil
 }
 
 // dropExpired drops the held bans that ran out; it returns how many.
 func (h *holding) dropExpired(now time.Time) int {
-	if len(h.held) == 0 {
+	if len(h.held) == 0 || now.Before(h.next) {
 		return 0
 	}
 	return len(h.take(func(e store.Held) bool { return e.Expires().After(now) }))
