@@ -112,6 +112,10 @@ type Config struct {
 	// Audit records every counted failure, refusal, ban and unban
 	// (audit.go); nil: no audit trail.
 	Audit Auditor
+
+	// MaxBansPerMinute is the blast-radius guard (blast.go); zero: off. It
+	// needs a store with store.Holding (both backends have it).
+	MaxBansPerMinute int
 }
 
 // Metrics receives what guard counts. Implementations must be safe for
@@ -145,6 +149,11 @@ type Guard struct {
 	sharing      store.Sharing // nil: the shared-address rule is off
 	sharedLogged dedup.Limiter // "shared address" info lines, one per subject per window
 
+	holding     store.Holding // nil: the blast-radius guard is off
+	holdLimit   int
+	holdMetrics HoldMetrics   // nil: none
+	holdLogged  dedup.Limiter // "ban held" lines, one per subject per minute
+
 	protoMu sync.Mutex
 	byProto map[string]map[string]int64 // jail → protocol → failures counted by this node
 
@@ -169,6 +178,9 @@ func New(st store.Store, c Config) (*Guard, error) {
 		g.log = slog.Default()
 	}
 	if err := g.setShared(c.Shared); err != nil {
+		return nil, err
+	}
+	if err := g.setHold(c.MaxBansPerMinute); err != nil {
 		return nil, err
 	}
 	g.jails = slices.Clone(c.Jails)
@@ -471,7 +483,7 @@ func (g *Guard) event(ctx context.Context, kind string, a netip.Addr, user, prot
 		if j.DistinctPasswords && member != "" {
 			h.Member = g.prefixes.of(a).String() + "|" + normUser(user) + "|" + member
 		}
-		r, err := g.st.Hit(ctx, h)
+		r, err := g.hitBan(ctx, j, h)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("guard: jail %s: %w", j.Name, err))
 			continue
@@ -579,7 +591,7 @@ func (g *Guard) Recipient(ctx context.Context, a netip.Addr, user string) (over 
 		if !ok {
 			continue
 		}
-		r, err := g.st.Hit(ctx, g.hit(j, s, EventRecipient))
+		r, err := g.hitBan(ctx, j, g.hit(j, s, EventRecipient))
 		if err != nil {
 			return false, fmt.Errorf("guard: jail %s: %w", j.Name, err)
 		}

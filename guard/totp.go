@@ -134,7 +134,7 @@ func (g *Guard) CodeFailed(ctx context.Context, a netip.Addr, user string) error
 	var bans []store.Ban
 	defer func() { g.auditFailure(ctx, EventTOTPFailure, Canon(a), user, "totp", "", &note, bans) }()
 	for _, s := range g.codeSubjects(a, user) {
-		r, err := g.st.Hit(ctx, g.hit(j, s, EventTOTPFailure))
+		r, err := g.hitBan(ctx, j, g.hit(j, s, EventTOTPFailure))
 		if err != nil {
 			errs = append(errs, fmt.Errorf("guard: jail %s: %w", TOTPJail, err))
 			continue

@@ -104,15 +104,25 @@ end
 return out
 `)
 
-// confirmScript: ARGV 3 subject ("" all). Reply: expired, then member, value...
+// confirmScript: ARGV 3 subject ("" all), 4 at most this many. Reply:
+// expired, then member, value...
 var confirmScript = redis.NewScript(holdLib + `
 local out = {expire()}
+local max = tonumber(ARGV[4])
+if ARGV[3] == '' then
+  for _, m in ipairs(redis.call('ZRANGE', KEYS[2], 0, max - 1)) do take(m, out) end
+  return out
+end
 local suffix = '\31' .. ARGV[3]
 for _, m in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-  if ARGV[3] == '' or string.sub(m, -#suffix) == suffix then take(m, out) end
+  if string.sub(m, -#suffix) == suffix then take(m, out) end
 end
 return out
 `)
+
+// confirmChunk is how many held bans one confirmScript releases: a script
+// blocks Redis, and must answer within the read timeout.
+const confirmChunk = 500
 
 // heldScript. Reply: expired, then member, value...
 var heldScript = redis.NewScript(holdLib + `
@@ -176,7 +186,15 @@ func (s *Store) Confirm(ctx context.Context, subject store.Subject) ([]store.Hel
 	if s.closed.Load() {
 		return nil, 0, store.ErrClosed
 	}
-	return s.heldReply(ctx, "confirm", confirmScript, subject)
+	var out []store.Held
+	expired := 0
+	for {
+		hs, exp, err := s.heldReply(ctx, "confirm", confirmScript, subject, confirmChunk)
+		out, expired = append(out, hs...), expired+exp
+		if err != nil || subject != "" || len(hs) < confirmChunk {
+			return out, expired, err
+		}
+	}
 }
 
 // Held lists the held bans: one EVALSHA (store.Holding).
