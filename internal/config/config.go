@@ -30,7 +30,7 @@ const DefaultFile = "/etc/mailguard/mailguard.yaml"
 type Config struct {
 	StateDir       string          `mapstructure:"state_dir" yaml:"state_dir"`
 	IgnoreIP       []string        `mapstructure:"ignoreip" yaml:"ignoreip"`
-	Prefix         Prefix          `mapstructure:"prefix" yaml:"prefix"`
+	Prefix         Prefixes        `mapstructure:"prefix" yaml:"prefix"`
 	KnownDeviceTTL Duration        `mapstructure:"known_device_ttl" yaml:"known_device_ttl"`
 	Postfix        Postfix         `mapstructure:"postfix" yaml:"postfix"`
 	Dovecot        Dovecot         `mapstructure:"dovecot" yaml:"dovecot"`
@@ -72,6 +72,9 @@ type API struct {
 // Safety holds the rules that keep mailguard from locking out many users.
 type Safety struct {
 	SharedAddress SharedAddress `mapstructure:"shared_address" yaml:"shared_address"`
+	// MaxBansPerMinute is guard's blast-radius guard (Config.MaxBansPerMinute);
+	// 0 turns it off.
+	MaxBansPerMinute int `mapstructure:"max_bans_per_minute" yaml:"max_bans_per_minute"`
 }
 
 // SharedAddress is guard.SharedRule: MinUsers 0 turns it off.
@@ -111,6 +114,22 @@ func (c Config) TOTPRejectMsg() string {
 type Prefix struct {
 	IPv4 int `mapstructure:"ipv4" yaml:"ipv4"`
 	IPv6 int `mapstructure:"ipv6" yaml:"ipv6"`
+}
+
+// Prefixes is the prefix section: the aggregation lengths and the adaptive
+// IPv6 steps.
+type Prefixes struct {
+	IPv4 int `mapstructure:"ipv4" yaml:"ipv4"`
+	IPv6 int `mapstructure:"ipv6" yaml:"ipv6"`
+	// IPv6Widen is guard.Config.Widen: empty turns adaptive IPv6 prefixes off.
+	IPv6Widen []WidenStep `mapstructure:"ipv6_widen" yaml:"ipv6_widen"`
+}
+
+// WidenStep is one guard.WidenStep.
+type WidenStep struct {
+	Bits   int      `mapstructure:"bits" yaml:"bits"`
+	Bans   int      `mapstructure:"bans" yaml:"bans"`
+	Window Duration `mapstructure:"window" yaml:"window"`
 }
 
 type Postfix struct {
@@ -300,6 +319,7 @@ func Load(file string, overrides []string) (Config, error) {
 			unknown = append(unknown, k)
 		}
 	}
+	unknown = append(unknown, unknownWiden(v.Get("prefix.ipv6_widen"))...)
 	slices.Sort(unknown)
 	for _, k := range unknown {
 		errs = append(errs, &KeyError{Key: k, Msg: "unknown key"})
@@ -321,6 +341,22 @@ func Load(file string, overrides []string) (Config, error) {
 		return c, errs
 	}
 	return c, nil
+}
+
+// unknownWiden names the unknown keys inside prefix.ipv6_widen's steps,
+// which the key list (a list is one key) does not reach.
+func unknownWiden(raw any) []string {
+	list, _ := raw.([]any)
+	var out []string
+	for i, x := range list {
+		m, _ := x.(map[string]any)
+		for k := range m {
+			if k != "bits" && k != "bans" && k != "window" {
+				out = append(out, fmt.Sprintf("prefix.ipv6_widen.%d.%s", i, k))
+			}
+		}
+	}
+	return out
 }
 
 // KeyError is one problem of a config: the key and what is wrong with it.

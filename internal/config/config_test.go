@@ -269,6 +269,8 @@ func TestReadmeDefaults(t *testing.T) {
 		{"`totp.reject_msg`", "`" + def.TOTP.RejectMsg[:40]},
 		{"`audit.enabled`, `audit.user`, `audit.reference`", fmt.Sprintf("`%v`, `%s`, `%v`", def.Audit.Enabled, def.Audit.User, def.Audit.Reference)},
 		{"`audit.file`, `audit.file_max_size`, `audit.file_keep`", fmt.Sprintf("empty: none, `%s`, `%d`", def.Audit.FileMaxSize, def.Audit.FileKeep)},
+		{"`safety.max_bans_per_minute`", fmt.Sprintf("`%d`", def.Safety.MaxBansPerMinute)},
+		{"`prefix.ipv6_widen`", fmt.Sprintf("`%v`", def.Prefix.IPv6Widen)},
 	} {
 		i := strings.Index(string(b), "| "+tc.row+" | ")
 		if i < 0 {

@@ -33,7 +33,7 @@ func Defaults() Config {
 	return Config{
 		StateDir:       stateDir,
 		IgnoreIP:       []string{"127.0.0.0/8", "::1"},
-		Prefix:         Prefix{IPv4: guard.DefaultPrefixes.IPv4, IPv6: guard.DefaultPrefixes.IPv6},
+		Prefix:         Prefixes{IPv4: guard.DefaultPrefixes.IPv4, IPv6: guard.DefaultPrefixes.IPv6},
 		KnownDeviceTTL: Duration(guard.DefaultKnownDeviceTTL),
 		Postfix: Postfix{
 			Listen:       "127.0.0.1:10028",
@@ -67,7 +67,8 @@ func Defaults() Config {
 		Recidive: Recidive{Window: Duration(7 * 24 * time.Hour), Factor: 2, MaxTime: Duration(7 * 24 * time.Hour)},
 		Log:      Log{Level: "info", Format: "text"},
 		API:      API{Listen: "127.0.0.1:10031", MaxConns: api.DefaultMaxConns},
-		Safety:   Safety{SharedAddress: SharedAddress{MinUsers: guard.DefaultSharedMinUsers, Window: Duration(guard.DefaultSharedWindow)}},
+		Safety: Safety{SharedAddress: SharedAddress{MinUsers: guard.DefaultSharedMinUsers, Window: Duration(guard.DefaultSharedWindow)},
+			MaxBansPerMinute: guard.DefaultMaxBansPerMinute},
 		Logwatch: Logwatch{Backlog: Duration(logwatch.DefaultBacklog)},
 		TOTP: TOTP{
 			Listen: "127.0.0.1:10032", Issuer: totp.DefaultIssuer, TrustTTL: Duration(totp.DefaultTrustTTL),

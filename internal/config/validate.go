@@ -210,6 +210,22 @@ func (c *Config) validate() Errors {
 		bad("safety.shared_address.min_users", "must be 0 (off) or at least 2, not %d (1 would spare every address anyone logged in from)", n)
 	}
 	positive("safety.shared_address.window", c.Safety.SharedAddress.Window)
+	if n := c.Safety.MaxBansPerMinute; n < 0 {
+		bad("safety.max_bans_per_minute", "must be 0 (off) or more, not %d", n)
+	}
+	prev := c.Prefix.IPv6
+	for i, st := range c.Prefix.IPv6Widen {
+		if st.Bits < 16 || st.Bits >= prev {
+			bad("prefix.ipv6_widen", "step %d: bits must be at least 16 and shorter than the step before (prefix.ipv6 %d for the first), not %d", i+1, c.Prefix.IPv6, st.Bits)
+		}
+		prev = st.Bits
+		if st.Bans < 2 {
+			bad("prefix.ipv6_widen", "step %d: bans must be at least 2, not %d (1 would widen every ban)", i+1, st.Bans)
+		}
+		if st.Window <= 0 {
+			bad("prefix.ipv6_widen", "step %d: window must be positive", i+1)
+		}
+	}
 	c.validateTOTP(bad, oneLine, positive)
 
 	if !audit.UserMode(c.Audit.User).Valid() {
