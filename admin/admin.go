@@ -160,6 +160,8 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /shared", s.shared)
 	s.totpRoutes(mux)
 	mux.HandleFunc("GET /explain", s.explain)
+	mux.HandleFunc("GET /held", s.held)
+	mux.HandleFunc("POST /confirm", s.confirm)
 	return mux
 }
 

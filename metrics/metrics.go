@@ -34,6 +34,9 @@ type Registry struct {
 
 	logOnce sync.Once
 	logs    *logVecs // made when the first log source asks
+
+	heldOnce       sync.Once // held.go
+	held, released *prometheus.CounterVec
 }
 
 // New returns a Registry. active, called at scrape time, returns the active
@@ -67,6 +70,7 @@ func New(active func(ctx context.Context) (map[string]int, error)) *Registry {
 	})
 	r.reg.MustRegister(r.requests, r.latency, r.badRequests, r.failures, r.bans, r.storeErrors, r.fwErrors, r.fwEntries,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	r.heldOnce.Do(r.initHeld) // exported from the start, at zero
 	if active != nil {
 		r.reg.MustRegister(&activeCollector{fn: active, desc: prometheus.NewDesc(
 			"mailguard_bans_active", "Bans in force now, site-wide, by jail.", []string{"jail"}, nil)})

@@ -49,6 +49,10 @@ func statusCmd(g *globals) *cobra.Command {
 				if sh, err := c.Shared(cmd.Context()); err == nil {
 					admin.PrintShared(cmd.OutOrStdout(), sh)
 				}
+				// Nor one older than the blast-radius guard /held.
+				if h, err := c.Held(cmd.Context()); err == nil {
+					admin.PrintHeld(cmd.OutOrStdout(), h, time.Now())
+				}
 				return printTOTPStatus(cmd, c)
 			}
 			return nil

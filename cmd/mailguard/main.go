@@ -93,7 +93,7 @@ func newRoot(g *globals) *cobra.Command {
 	})
 	root.AddCommand(serveCmd(g), statusCmd(g), banCmd(g), unbanCmd(g), explainCmd(g), checkConfigCmd(g), versionCmd(),
 		firewallCmd(g), simulateCmd(), setupCmd(g), doctorCmd(g), stateCmd(g), testFilterCmd(), totpCmd(g),
-		replayCmd(g))
+		replayCmd(g), confirmCmd(g))
 	return root
 }
 

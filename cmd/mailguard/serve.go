@@ -150,9 +150,10 @@ func serve(ctx context.Context, c config.Config, log *slog.Logger) error {
 		Jails: jails(c, plan.byJail), Ignore: ignore, Prefixes: guard.Prefixes{IPv4: c.Prefix.IPv4, IPv6: c.Prefix.IPv6},
 		Recidive:       store.Recidive{Window: c.Recidive.Window.D(), Factor: c.Recidive.Factor, MaxTime: c.Recidive.MaxTime.D()},
 		KnownDeviceTTL: c.KnownDeviceTTL.D(), Log: log, Metrics: reg,
-		Shared:       guard.SharedRule{MinUsers: c.Safety.SharedAddress.MinUsers, Window: c.Safety.SharedAddress.Window.D()},
-		SecondFactor: secondFactor(c),
-		Audit:        auditor,
+		Shared:           guard.SharedRule{MinUsers: c.Safety.SharedAddress.MinUsers, Window: c.Safety.SharedAddress.Window.D()},
+		SecondFactor:     secondFactor(c),
+		Audit:            auditor,
+		MaxBansPerMinute: c.Safety.MaxBansPerMinute,
 	})
 	if err != nil {
 		return err
@@ -166,6 +167,11 @@ func serve(ctx context.Context, c config.Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+
+	reg.WatchHeld(func(ctx context.Context) (int, error) {
+		st, err := g.Holding(ctx)
+		return len(st.Held), err
+	})
 
 	apiHeader, err := dovecotAuth(c, log)
 	if err != nil {
@@ -194,7 +200,7 @@ func serve(ctx context.Context, c config.Config, log *slog.Logger) error {
 		return err
 	}
 	lw := &logRunner{plan: plan, g: g, log: log.With("frontend", "logs"), timeout: c.Store.Timeout.D(), metrics: regLogMetrics{reg}}
-	ms := &metrics.Server{Registry: reg, Health: joinHealth(health(st), lw.health), Pprof: c.Metrics.Pprof, Log: log.With("frontend", "metrics")}
+	ms := &metrics.Server{Registry: reg, Health: heldHealth(joinHealth(health(st), lw.health), g), Pprof: c.Metrics.Pprof, Log: log.With("frontend", "metrics")}
 	if tsvc != nil {
 		adm.TOTP, adm.TOTPURL = tsvc, c.TOTP.URL
 	}
@@ -270,6 +276,7 @@ func serve(ctx context.Context, c config.Config, log *slog.Logger) error {
 	}
 	countOnceNotes(c, log)
 	lw.start(ctx, c.StateDir)
+	run("safety.max_bans_per_minute", func() error { drainHeld(ctx, g, log); return nil })
 	run("postfix.listen", func() error { return pf.Serve(pfL) })
 	run("dovecot.listen", func() error { return dv.Serve(dvL) })
 	run("admin.socket", func() error { return adm.Serve(adminL) })
