@@ -73,13 +73,18 @@ func (g *Guard) holdHit(ctx context.Context, j *Jail, h store.Hit) (store.HitRes
 	count := h
 	count.BanTime = 0
 	r, err := g.st.Hit(ctx, count)
-	if err != nil || r.Count < j.MaxRetry {
+	if err != nil || r.Count < h.MaxRetry {
 		return r, err
 	}
 	ok, err := g.holding.Admit(ctx, store.Held{Jail: j.Name, Subject: h.Subject, BanTime: h.BanTime, Reason: h.Reason}, g.holdLimit, HoldSpan)
 	switch {
 	case errors.Is(err, context.Canceled):
 		return r, err
+	case errors.Is(err, store.ErrHoldFull):
+		if ok, n := g.holdLogged.AllowEvery("full", g.now(), HoldSpan); ok {
+			g.log.Warn("ban dropped: too many bans held back already", "jail", j.Name, "key", h.Subject, "held", store.MaxHeld, "suppressed", n)
+		}
+		return r, nil
 	case err != nil:
 		// The guard cannot tell: ban, as without it.
 		g.log.Warn("blast-radius guard: store failed, banning as without the guard", "jail", j.Name, "key", h.Subject, "err", err)
