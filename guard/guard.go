@@ -116,6 +116,10 @@ type Config struct {
 	// MaxBansPerMinute is the blast-radius guard (blast.go); zero: off. It
 	// needs a store with store.Holding (both backends have it).
 	MaxBansPerMinute int
+
+	// Widen are the adaptive IPv6 prefix steps (widen.go); empty: off.
+	// They need a store with store.Sharing.
+	Widen []WidenStep
 }
 
 // Metrics receives what guard counts. Implementations must be safe for
@@ -149,6 +153,9 @@ type Guard struct {
 	sharing      store.Sharing // nil: the shared-address rule is off
 	sharedLogged dedup.Limiter // "shared address" info lines, one per subject per window
 
+	widen   []WidenStep   // empty: adaptive IPv6 prefixes are off
+	devices store.Sharing // users with known devices per widen prefix
+
 	holding     store.Holding // nil: the blast-radius guard is off
 	holdLimit   int
 	holdMetrics HoldMetrics   // nil: none
@@ -181,6 +188,9 @@ func New(st store.Store, c Config) (*Guard, error) {
 		return nil, err
 	}
 	if err := g.setHold(c.MaxBansPerMinute); err != nil {
+		return nil, err
+	}
+	if err := g.setWiden(c.Widen); err != nil {
 		return nil, err
 	}
 	g.jails = slices.Clone(c.Jails)
@@ -377,6 +387,7 @@ func (g *Guard) checkLogin(ctx context.Context, o origin, a netip.Addr, user str
 	if sj.prefix != sj.host {
 		q.Subjects = append(q.Subjects, sj.prefix)
 	}
+	q.Subjects = g.widenSubjects(q.Subjects, a)
 	if sj.user != "" {
 		q.Subjects = append(q.Subjects, sj.userSubj, sj.userNet)
 		q.Known = sj.userNet // what knownKey returns
@@ -504,6 +515,7 @@ func (g *Guard) event(ctx context.Context, kind string, a netip.Addr, user, prot
 			}
 			g.log.Info("ban", "jail", j.Name, "key", r.Ban.Subject, "ttl", r.Ban.Expires.Sub(r.Ban.Created).Round(time.Second),
 				"count", r.Count, "nth", r.Ban.Nth, "protocol", protocol)
+			bans = append(bans, g.widened(ctx, j, a, *r.Ban)...)
 		}
 	}
 	g.auditFailure(ctx, kind, a, user, protocol, app, &note, bans)
@@ -560,6 +572,9 @@ func (g *Guard) Succeed(ctx context.Context, a netip.Addr, user string) error {
 		return fmt.Errorf("guard: remember device: %w", err)
 	}
 	if err := g.share(ctx, a, user); err != nil {
+		return err
+	}
+	if err := g.rememberWide(ctx, a, normUser(user)); err != nil {
 		return err
 	}
 	for i := range g.jails {

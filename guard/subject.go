@@ -132,7 +132,7 @@ func (g *Guard) ParseTarget(s string) (subject string, prefix netip.Prefix, err 
 			bits -= 96
 		}
 		p = netip.PrefixFrom(a, bits).Masked()
-		if want := g.prefixes.of(a).Bits(); bits != a.BitLen() && bits != want {
+		if want := g.prefixes.of(a).Bits(); bits != a.BitLen() && bits != want && !(a.Is6() && g.widenBits(bits)) {
 			if want == a.BitLen() {
 				return "", netip.Prefix{}, &requestError{ErrTarget, fmt.Sprintf("prefix %s: only single addresses (/%d) are banned at prefix.ipv4 %d", s, want, want)}
 			}

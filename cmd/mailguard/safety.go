@@ -8,7 +8,17 @@ import (
 	"time"
 
 	"github.com/mailguard/mailguard/guard"
+	"github.com/mailguard/mailguard/internal/config"
 )
+
+// widen is prefix.ipv6_widen for guard.
+func widen(c config.Config) []guard.WidenStep {
+	var out []guard.WidenStep
+	for _, s := range c.Prefix.IPv6Widen {
+		out = append(out, guard.WidenStep{Bits: s.Bits, Bans: s.Bans, Window: s.Window.D()})
+	}
+	return out
+}
 
 // drainHeld releases the bans the blast-radius guard holds back as the
 // rate drops, every guard.DrainEvery, until ctx ends.

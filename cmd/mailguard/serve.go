@@ -154,6 +154,7 @@ func serve(ctx context.Context, c config.Config, log *slog.Logger) error {
 		SecondFactor:     secondFactor(c),
 		Audit:            auditor,
 		MaxBansPerMinute: c.Safety.MaxBansPerMinute,
+		Widen:            widen(c),
 	})
 	if err != nil {
 		return err
