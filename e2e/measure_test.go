@@ -32,7 +32,8 @@ func TestFirewallMeasureFailureToKernel(t *testing.T) {
 	}
 	n := newFWNet(t)
 	// Reconcile at its default (1m): only the event path puts bans in.
-	d := n.newDaemon(t, "nftables", "firewall.reconcile_interval=1m", "log.level=info")
+	// No blast-radius cap: the bans come faster than 60 a minute on purpose.
+	d := n.newDaemon(t, "nftables", "firewall.reconcile_interval=1m", "log.level=info", "safety.max_bans_per_minute=0")
 	d.Start()
 
 	f, err := os.Open(netnstest.Path(n.Server))
