@@ -50,7 +50,7 @@ func (g *Guard) LogFailure(ctx context.Context, jail string, a netip.Addr, user,
 	if j.Key.ByAddress() && g.sharing != nil && g.sharedState(ctx, a) == sharedYes {
 		h.BanTime = 0 // counted, never banned: see SharedRule
 	}
-	r, err := g.st.Hit(ctx, h)
+	r, err := g.hitBan(ctx, j, h) // through the blast-radius guard (blast.go)
 	if err != nil {
 		return nil, false, fmt.Errorf("guard: jail %s: %w", j.Name, err)
 	}
@@ -69,6 +69,7 @@ func (g *Guard) LogFailure(ctx context.Context, jail string, a netip.Addr, user,
 		}
 		g.log.Info("ban", "jail", j.Name, "key", r.Ban.Subject, "ttl", r.Ban.Expires.Sub(r.Ban.Created).Round(time.Second),
 			"count", r.Count, "nth", r.Ban.Nth, "source", source)
+		bans = append(bans, g.widened(ctx, j, a, *r.Ban)...)
 	}
 	if g.audit != nil { // audit.go
 		var note failureNote
