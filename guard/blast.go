@@ -98,6 +98,9 @@ func (g *Guard) holdHit(ctx context.Context, j *Jail, h store.Hit) (store.HitRes
 		}
 		return r, nil
 	}
+	// Without its Member: the store would take the same member as seen
+	// already and neither count nor ban (distinct passwords, widening).
+	h.Member = ""
 	return g.st.Hit(ctx, h)
 }
 

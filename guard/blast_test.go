@@ -271,3 +271,23 @@ func TestBlastRadiusWebmail(t *testing.T) {
 		})
 	}
 }
+
+// With the guard on, a jail counting distinct passwords still bans at its
+// maxretry-th distinct password (the ban's Hit must not be taken for the
+// same password again).
+func TestBlastRadiusDistinctPasswords(t *testing.T) {
+	clk := &clock{t: time.Now().Truncate(time.Millisecond)}
+	st := storeKinds[0].open(t, clk.Now)(0)
+	g := holdGuard(t, st, clk, 10, nil, userJail)
+	var bans []store.Ban
+	for i := range userJail.MaxRetry {
+		b, err := g.Fail(context.Background(), attacker(i), "alice@example.org", "imap", fmt.Sprintf("pw%d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		bans = append(bans, b...)
+	}
+	if len(bans) != 1 || bans[0].Subject != "user:alice@example.org" {
+		t.Errorf("bans %v, want alice's", bans)
+	}
+}
