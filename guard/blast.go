@@ -101,7 +101,11 @@ func (g *Guard) holdHit(ctx context.Context, j *Jail, h store.Hit) (store.HitRes
 	// Without its Member: the store would take the same member as seen
 	// already and neither count nor ban (distinct passwords, widening).
 	h.Member = ""
-	return g.st.Hit(ctx, h)
+	b, err := g.st.Hit(ctx, h)
+	if err == nil {
+		b.Count = r.Count // this failure was counted once, by the first Hit
+	}
+	return b, err
 }
 
 // Released is what Drain or Confirm did.
