@@ -16,12 +16,15 @@
 #                        on a free port (keys go under a prefix of their own,
 #                        left to expire, on a Redis given here)
 #   DURATION=5s CONNS=32 POSTFIX_USERS=0 FAIL_RATIO=0.2
+#   CLIENTS=256          distinct client addresses (1 in 16 attacks in the Dovecot load)
 #   RATE=0               requests per second, open loop (0: as fast as answered)
 #   LOG_LEVEL=info       the daemon's log.level (debug logs every request: it would dominate)
 #   PROFILE=DIR          turn on metrics.pprof and save a CPU profile (and
 #                        the allocations) of the daemon under each load in DIR
 #   TOTP=1               run the daemon with totp.enabled (nobody enrolled: the
 #                        cost of the TOTP lookup in every after-auth allow)
+#   AUDIT=off            run the daemon with audit.enabled: false (the audit
+#                        trail's cost: compare with a run of the default, on)
 #
 # Everything runs on this machine: the load tool shares the CPUs with the
 # daemon (and with Redis), so the figures are a floor of what the daemon alone
@@ -36,12 +39,18 @@ DURATION=${DURATION:-5s}
 CONNS=${CONNS:-32}
 POSTFIX_USERS=${POSTFIX_USERS:-0}
 FAIL_RATIO=${FAIL_RATIO:-0.2}
+CLIENTS=${CLIENTS:-256}
 RATE=${RATE:-0}
 LOG_LEVEL=${LOG_LEVEL:-info}
 PROFILE=${PROFILE:-}
 TOTP=${TOTP:-}
+AUDIT=${AUDIT:-on}
 export PATH="$PATH:/usr/sbin:/sbin"
 
+case $AUDIT in
+on | off) ;;
+*) echo "load.sh: AUDIT must be on or off, not '$AUDIT'" >&2; exit 2 ;;
+esac
 for s in $STORES; do
 	case $s in
 	memory | redis) ;;
@@ -220,19 +229,20 @@ log: {level: $LOG_LEVEL, format: text}
 # The load's attackers are banned as they were before the blast-radius
 # guard: the figures stay comparable (README, Benchmarks).
 safety: {max_bans_per_minute: 0}
+audit: {enabled: $([ "$AUDIT" = on ] && echo true || echo false)}
 EOF
 	if [ -n "$TOTP" ]; then
 		printf 'totp: {enabled: true, url: "https://mail.example.org/totp", listen: "127.0.0.1:%s"}\n' "$(free_port)" >>"$tmp/mailguard-$st.yaml"
 	fi
 	echo
-	echo "== mailguard serve (store $st, postfix 127.0.0.1:$pf, dovecot 127.0.0.1:$dv, log level $LOG_LEVEL${TOTP:+, totp.enabled})"
+	echo "== mailguard serve (store $st, postfix 127.0.0.1:$pf, dovecot 127.0.0.1:$dv, log level $LOG_LEVEL, audit $AUDIT${TOTP:+, totp.enabled})"
 	bin/mailguard serve --config "$tmp/mailguard-$st.yaml" 2>"$tmp/mailguard-$st.log" &
 	dpid=$!
 	pids+=("$dpid")
 	wait_up "$dpid" "mailguard-$st" "$pf" "$dv"
 
-	local pfargs=(-users "$POSTFIX_USERS")
-	local dvargs=(-api-header "Authorization: Bearer $key" -fail-ratio "$FAIL_RATIO")
+	local pfargs=(-users "$POSTFIX_USERS" -clients "$CLIENTS")
+	local dvargs=(-api-header "Authorization: Bearer $key" -fail-ratio "$FAIL_RATIO" -clients "$CLIENTS")
 	measure "floor-postfix-$st" "$floor_pid" "floor, postfix policy: $CONNS connections, $DURATION, users $POSTFIX_USERS" \
 		-policy "127.0.0.1:$floor_pf" "${pfargs[@]}"
 	[ "$st" != redis ] || redis_bench
