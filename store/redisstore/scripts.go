@@ -1,6 +1,10 @@
 package redisstore
 
-import "github.com/redis/go-redis/v9"
+import (
+	"strings"
+
+	"github.com/redis/go-redis/v9"
+)
 
 // The Lua scripts. Each runs as one EVALSHA (go-redis falls back to EVAL on
 // NOSCRIPT, which also reloads the script cache) and touches keys of one
@@ -34,9 +38,15 @@ import "github.com/redis/go-redis/v9"
 // memory). Fields starting with a NUL byte are not jails: no jail name
 // starts with one.
 
-// luaLib is prepended to every script.
-const luaLib = `
+// luaHelpers are the Lua functions the scripts share, each of which uses
+// only helpers before it. lua prepends to a script those it uses: Redis runs
+// a script's whole text on every call, so a helper it does not need would
+// cost a closure per call.
+var luaHelpers = []luaHelper{
+	{"f", `
 local function f(n) return string.format('%.0f', n) end
+`},
+	{"b36", `
 -- b36 writes a non-negative integer below 2^53 in base 36.
 local B36 = '0123456789abcdefghijklmnopqrstuvwxyz'
 local function b36(n)
@@ -48,15 +58,25 @@ local function b36(n)
   until n == 0
   return s
 end
+`},
+	{"extend", `
 -- extend makes key k live at least ms milliseconds from now.
 local function extend(k, ms)
   local t = redis.call('PTTL', k)
   if t == -1 or (t >= 0 and t < ms) then redis.call('PEXPIRE', k, f(ms)) end
 end
+`},
+	{"expof", `
 local function expof(rec) return tonumber(string.match(rec, '^%d+')) end
+`},
+	{"NUL", `
 local NUL = string.char(0)
+`},
+	{"isjail", `
 -- isjail tells a jail's record field of a ban hash from its other fields.
 local function isjail(field) return string.byte(field, 1) ~= 0 end
+`},
+	{"records", `
 -- records returns the records of a ban hash read with HGETALL, reasons
 -- joined: {jail, record, ...}; only those expiring at or after now when
 -- now is given.
@@ -75,6 +95,8 @@ local function records(h, now)
   end
   return out
 end
+`},
+	{"putban", `
 -- putban stores rec (without the reason) as jail's ban on subject, indexes
 -- it and publishes it.
 local function putban(bkey, idx, events, jail, subject, rec, reason, exp, now, slack, node, maxlen, streamttl)
@@ -91,6 +113,8 @@ local function putban(bkey, idx, events, jail, subject, rec, reason, exp, now, s
   redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'k', 'ban', 'j', jail, 's', subject, 'r', rec .. '|' .. reason, 'n', node)
   extend(events, streamttl)
 end
+`},
+	{"wparse", `
 -- Failure windows (keys.go): field subject of a window shard holds the
 -- failures of that subject as space-separated entries, ascending by time:
 -- the time in µs, base 36, then the member ('~...') if the Hit named one.
@@ -104,6 +128,8 @@ local function wparse(v)
   end
   return ts, ms
 end
+`},
+	{"wlive", `
 -- wlive counts the failures of window value v after cut µs.
 local function wlive(v, cut)
   local n = 0
@@ -114,6 +140,8 @@ local function wlive(v, cut)
   end
   return n
 end
+`},
+	{"wsweep", `
 -- wsweep deletes the fields of shard k with no failure after cut, at most
 -- once per span: field NUL s holds the time of the last sweep.
 local function wsweep(k, now, span)
@@ -125,6 +153,8 @@ local function wsweep(k, now, span)
   end
   redis.call('HSET', k, NUL .. 's', f(now))
 end
+`},
+	{"history", `
 -- history counts the bans of jail on the subject of ban hash bkey within
 -- rwin µs before now, records this one and returns its rank n (1: a first
 -- ban). The times are kept in field NUL h jail, for rwin.
@@ -150,7 +180,8 @@ local function history(bkey, jail, now, rwin, slack, histmax)
   extend(bkey, math.ceil(rwin / 1000) + slack)
   return n
 end
-`
+`},
+}
 
 // hitScript records a failure, tests the threshold and bans, atomically.
 //
@@ -163,7 +194,7 @@ end
 //
 // The jail's span is kept in stats (s:JAIL) for Stats' count of failing
 // subjects. Reply: {count} or {count, record} when this hit banned.
-var hitScript = newScript(luaLib + `
+var hitScript = newScript(lua(`
 local now, span, maxretry = tonumber(ARGV[1]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local jail, subject, slack = ARGV[11], ARGV[12], tonumber(ARGV[14])
 local rwin = tonumber(ARGV[7])
@@ -213,7 +244,7 @@ redis.call('HSET', KEYS[1], subject, table.concat(parts, ' '))
 extend(KEYS[1], math.ceil(span / 1000) + slack)
 wsweep(KEYS[1], now, span)
 return {count}
-`)
+`))
 
 // banScript places (or replaces) a ban given by the caller.
 //
@@ -228,7 +259,7 @@ return {count}
 // the default before any Hit.
 //
 // Reply: the record.
-var banScript = redis.NewScript(luaLib + `
+var banScript = redis.NewScript(lua(`
 local now, jail, subject, slack = tonumber(ARGV[1]), ARGV[2], ARGV[3], tonumber(ARGV[9])
 local rwin = tonumber(redis.call('HGET', KEYS[3], 'rw') or ARGV[12])
 redis.call('HINCRBY', KEYS[3], 'b:' .. jail, 1)
@@ -238,7 +269,7 @@ local exp = tonumber(ARGV[4])
 local rec = ARGV[4] .. '|' .. ARGV[5] .. '|' .. ARGV[6] .. '|' .. f(n)
 putban(KEYS[1], KEYS[2], KEYS[4], jail, subject, rec, ARGV[7], exp, now, slack, ARGV[8], ARGV[10], tonumber(ARGV[11]))
 return rec .. '|' .. ARGV[7]
-`)
+`))
 
 // checkScript answers a store.Query.
 //
@@ -251,7 +282,7 @@ return rec .. '|' .. ARGV[7]
 //
 // Reply: {nbans, (subject index, jail, record) × nbans, known, enrolled,
 // approved, counts...}.
-var checkScript = newScript(luaLib + `
+var checkScript = newScript(lua(`
 local now, n = tonumber(ARGV[1]), tonumber(ARGV[2])
 local out, nb = {0}, 0
 for i = 1, n do
@@ -286,7 +317,7 @@ for w = 5, #ARGV, 2 do
   k = k + 1
 end
 return out
-`)
+`))
 
 // unbanScript lifts every jail's ban on a subject.
 //
@@ -296,7 +327,7 @@ return out
 //
 // Reply: {jail, record, ...} of the bans lifted. The recidive history in
 // the hash stays.
-var unbanScript = redis.NewScript(luaLib + `
+var unbanScript = redis.NewScript(lua(`
 local now = tonumber(ARGV[1])
 local h = redis.call('HGETALL', KEYS[1])
 local r = records(h)
@@ -315,7 +346,7 @@ end
 redis.call('ZREM', KEYS[2], ARGV[2])
 redis.call('ZREM', KEYS[4], ARGV[2])
 return out
-`)
+`))
 
 // bansScript lists the active bans of some ban index shards. The shards
 // and the ban hashes it reads are not in KEYS (they are found through the
@@ -327,7 +358,7 @@ return out
 //
 // It reads whole shards from the first one until it has read a page of
 // subjects or the last shard. Reply: {next shard, (subject, jail, record)...}.
-var bansScript = redis.NewScript(luaLib + `
+var bansScript = redis.NewScript(lua(`
 local now, n, nshards, page = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local out, seen = {0}, 0
 while n < nshards and seen < page do
@@ -345,7 +376,7 @@ while n < nshards and seen < page do
 end
 out[1] = n
 return out
-`)
+`))
 
 // legacyBansScript lists one page of the active bans of the single ban
 // index of earlier versions (keys.go), which a store upgraded in place still
@@ -355,7 +386,7 @@ return out
 //	ARGV: 1 now_us  2 offset  3 page size  4 ban hash key prefix
 //
 // Reply: {subjects in this page, (subject, jail, record)...}.
-var legacyBansScript = redis.NewScript(luaLib + `
+var legacyBansScript = redis.NewScript(lua(`
 local now = tonumber(ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. f(now))
 local off = tonumber(ARGV[2])
@@ -368,7 +399,7 @@ for _, s in ipairs(subs) do
   end
 end
 return out
-`)
+`))
 
 // resetScript forgets the failures of a subject in a jail.
 //
@@ -403,7 +434,7 @@ return out
 //	ARGV: 1 now_us  2 span_us  3.. shard keys
 //
 // Reply: the count.
-var failingScript = redis.NewScript(luaLib + `
+var failingScript = redis.NewScript(lua(`
 local cut = tonumber(ARGV[1]) - tonumber(ARGV[2])
 local n = 0
 for i = 3, #ARGV do
@@ -413,4 +444,61 @@ for i = 3, #ARGV do
   end
 end
 return n
-`)
+`))
+
+// luaHelper is one shared Lua function (or constant) and its definition.
+type luaHelper struct{ name, src string }
+
+// lua returns body preceded by the helpers it uses, directly or through
+// other helpers, in luaHelpers' order. A helper is used when its name
+// appears as a word in the code (comments aside) that follows it.
+func lua(body string) string {
+	need := luaCode(body)
+	use := make([]bool, len(luaHelpers))
+	for i := len(luaHelpers) - 1; i >= 0; i-- {
+		if usesName(need, luaHelpers[i].name) {
+			use[i] = true
+			need += luaCode(luaHelpers[i].src)
+		}
+	}
+	var b strings.Builder
+	for i, h := range luaHelpers {
+		if use[i] {
+			b.WriteString(h.src)
+		}
+	}
+	b.WriteString(body)
+	return b.String()
+}
+
+// luaCode returns src without its comments (from -- to the end of a line;
+// no script has -- inside a string).
+func luaCode(src string) string {
+	var b strings.Builder
+	for line := range strings.Lines(src) {
+		if i := strings.Index(line, "--"); i >= 0 {
+			line = line[:i] + "\n"
+		}
+		b.WriteString(line)
+	}
+	return b.String()
+}
+
+// usesName reports whether name occurs in src as a whole Lua word.
+func usesName(src, name string) bool {
+	word := func(c byte) bool {
+		return c == '_' || '0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z'
+	}
+	for i := 0; ; {
+		j := strings.Index(src[i:], name)
+		if j < 0 {
+			return false
+		}
+		j += i
+		end := j + len(name)
+		if (j == 0 || !word(src[j-1])) && (end == len(src) || !word(src[end])) {
+			return true
+		}
+		i = j + 1
+	}
+}
