@@ -19,8 +19,31 @@ var _ store.Auditing = (*Store)(nil)
 func (k keys) auditTrail(subject string) string { return k.base + "au:" + subject }
 func (k keys) auditID(id string) string         { return k.base + "ai:" + id }
 
-// Append adds records: one pipelined round trip for the whole batch
-// (store.Auditing).
+// appendScript stores audit records: each under its id and at the end of the
+// trail of each of its subjects, trimmed to its keep, every key with its TTL.
+// The keys are in ARGV (they share KEYS[1]'s hash slot).
+//
+//	KEYS: 1 stats (for the slot only)
+//	ARGV: per record: id key, data, ttl_ms, keep, n, then n trail keys
+var appendScript = newScript(`
+local i = 1
+while i <= #ARGV do
+  local data, ttl, keep, n = ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
+  redis.call('SET', ARGV[i], data, 'PX', ttl)
+  for j = i + 5, i + 4 + n do
+    redis.call('RPUSH', ARGV[j], data)
+    redis.call('LTRIM', ARGV[j], -keep, -1)
+    redis.call('PEXPIRE', ARGV[j], ttl)
+  end
+  i = i + 5 + n
+end
+return 1
+`)
+
+// Append adds records (store.Auditing): one script call for the batch, sent
+// in a pipeline with the request path's calls. A batch of the recorder's
+// largest size (512) runs in Redis about as long as the ~2,000 commands it
+// replaces did in one pipeline.
 func (s *Store) Append(ctx context.Context, recs []store.AuditRecord) error {
 	if s.closed.Load() {
 		return store.ErrClosed
@@ -33,19 +56,22 @@ func (s *Store) Append(ctx context.Context, recs []store.AuditRecord) error {
 	if len(recs) == 0 {
 		return nil
 	}
-	_, err := s.c.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for _, r := range recs {
-			p.Set(ctx, s.k.auditID(r.ID), r.Data, r.TTL)
-			for _, sub := range r.Subjects {
-				k := s.k.auditTrail(sub)
-				p.RPush(ctx, k, r.Data)
-				p.LTrim(ctx, k, int64(-r.Keep), -1)
-				p.PExpire(ctx, k, r.TTL)
-			}
+	c := newCall()
+	defer c.release()
+	c.keyBuf = append(c.keyBuf, s.k.stats...)
+	c.key()
+	c.eval(appendScript)
+	for _, r := range recs {
+		c.str(s.k.auditID(r.ID))
+		c.str(string(r.Data))
+		c.int(max(r.TTL.Milliseconds(), 1))
+		c.int(int64(r.Keep))
+		c.int(int64(len(r.Subjects)))
+		for _, sub := range r.Subjects {
+			c.str(s.k.auditTrail(sub))
 		}
-		return nil
-	})
-	if err != nil {
+	}
+	if _, err := s.b.run(ctx, c); err != nil {
 		return s.fail("append", err)
 	}
 	return nil

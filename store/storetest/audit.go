@@ -54,6 +54,40 @@ var auditCases = []testCase{
 			t.Errorf("Record(nosuch) = %q, %v; want nil, nil", got, err)
 		}
 	}},
+	// A batch as large as the recorder sends (512): every record is kept
+	// by its id and the trails keep the last ones in order, however the
+	// backend splits the batch.
+	{"LargeBatch", func(t *testing.T, e *env) {
+		au := e.auditing()
+		subs := []string{"net:192.0.2.9/32", "net:2001:db8::/64", "user:h:0123456789abcdef"}
+		var recs []store.AuditRecord
+		for i := range 512 {
+			recs = append(recs, store.AuditRecord{ID: fmt.Sprintf("big%d", i), Subjects: subs[:1+i%3],
+				Data: fmt.Appendf(nil, `{"n":%d}`, i), Keep: 10, TTL: time.Hour})
+		}
+		if err := au.Append(e.ctx, recs); err != nil {
+			t.Fatal(err)
+		}
+		for k, sub := range subs {
+			var want []string
+			for i := range 512 {
+				if i%3 >= k {
+					want = append(want, fmt.Sprintf(`{"n":%d}`, i))
+				}
+			}
+			want = want[len(want)-10:]
+			got, err := au.Trail(e.ctx, sub)
+			if err != nil || !slices.Equal(strs(got), want) {
+				t.Errorf("Trail(%s) = %q, %v; want %q", sub, strs(got), err, want)
+			}
+		}
+		for _, i := range []int{0, 63, 64, 200, 511} {
+			got, err := au.Record(e.ctx, fmt.Sprintf("big%d", i))
+			if want := fmt.Sprintf(`{"n":%d}`, i); err != nil || string(got) != want {
+				t.Errorf("Record(big%d) = %q, %v; want %q", i, got, err, want)
+			}
+		}
+	}},
 	{"BadRecord", func(t *testing.T, e *env) {
 		au := e.auditing()
 		for _, r := range []store.AuditRecord{
