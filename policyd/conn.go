@@ -34,6 +34,8 @@ type conn struct {
 	sc  scratch
 	req Request
 	out []byte
+	// The read and write deadlines as last set (see serveConn).
+	readBy, writeBy time.Time
 
 	// Guarded by s.mu.
 	waiting *list.Element // in s.fresh or s.idle while waiting for a request
@@ -58,12 +60,18 @@ func (s *Server) serveConn(cn *conn) {
 	for {
 		// One deadline for the whole request: a peer that dribbles bytes
 		// cannot keep a connection longer than an idle one. The first
-		// request has a shorter one: Postfix sends it at once.
+		// request has a shorter one: Postfix sends it at once. A deadline
+		// is moved only when it would move by more than a tenth of its
+		// timeout (at most a second), or come earlier: setting one costs
+		// two runtime timer updates, a few per cent of a request.
 		first := !cn.served
+		now := time.Now()
 		if first {
-			c.SetReadDeadline(time.Now().Add(s.firstTimeout))
-		} else {
-			c.SetReadDeadline(time.Now().Add(s.idleTimeout))
+			cn.readBy = now.Add(s.firstTimeout)
+			c.SetReadDeadline(cn.readBy)
+		} else if by := now.Add(s.idleTimeout); by.Before(cn.readBy) || by.Sub(cn.readBy) > slack(s.idleTimeout) {
+			cn.readBy = by
+			c.SetReadDeadline(by)
 		}
 		if !cn.wait() {
 			return
@@ -79,18 +87,27 @@ func (s *Server) serveConn(cn *conn) {
 		start := time.Now()
 		action, verdict := cn.decide(&cn.req)
 		s.metrics.Request(verdict, time.Since(start))
-		c.SetWriteDeadline(time.Now().Add(writeTimeout))
+		if by := time.Now().Add(writeTimeout); by.Sub(cn.writeBy) > slack(writeTimeout) {
+			cn.writeBy = by
+			c.SetWriteDeadline(by)
+		}
 		if err := cn.reply(action); err != nil {
 			if !s.isShutdown() {
 				s.log.Debug("policyd: writing reply", "remote", cn.remote, "err", err)
 			}
 			return
 		}
-		s.mu.Lock()
-		cn.served = true
-		s.mu.Unlock()
+		if first {
+			s.mu.Lock()
+			cn.served = true
+			s.mu.Unlock()
+		}
 	}
 }
+
+// slack is how far a deadline of timeout d may lag behind: a tenth of d, at
+// most a second.
+func slack(d time.Duration) time.Duration { return min(d/10, time.Second) }
 
 // reply writes the reply, as WriteReply does, from the connection's buffer.
 func (cn *conn) reply(action string) error {

@@ -532,6 +532,27 @@ func TestIdleTimeout(t *testing.T) {
 	}
 }
 
+// The read deadline is moved lazily (only when it would move by more than a
+// tenth of the idle timeout): a connection that keeps asking for longer than
+// the idle timeout stays open, and is closed once it falls idle.
+func TestIdleTimeoutMovesWithRequests(t *testing.T) {
+	const idle = 200 * time.Millisecond
+	addr := start(t, &Server{Guard: newFake(), IdleTimeout: idle}, "tcp")
+	c := dial(t, "tcp", addr)
+	end := time.Now().Add(3 * idle)
+	n := 0
+	for time.Now().Before(end) {
+		if got := c.ask(policyReq()); got != ActionDunno {
+			t.Fatalf("request %d: %q, want %s", n, got, ActionDunno)
+		}
+		n++
+		time.Sleep(idle / 4)
+	}
+	if err := c.closed(); err != nil {
+		t.Errorf("after %d requests over %v, then idle: %v", n, 3*idle, err)
+	}
+}
+
 // Folding the double call of smtpd_delay_reject: a recipient request equal to
 // one just answered, on the same connection or another, counts once.
 func TestRepeatedRequestCountedOnce(t *testing.T) {
