@@ -63,7 +63,11 @@ type batcher struct {
 	done <-chan struct{} // the store's: closed by Close
 	wait time.Duration   // the longest a call may wait in the queue
 	n    int             // pipelines in flight at most
-	wg   sync.WaitGroup  // the goroutines senders hand over to
+	wg   sync.WaitGroup  // the drainers
+	// kick hands a pipeline turn over to one of the n drainers, goroutines
+	// kept for the store's life: starting one per hand-over cost a
+	// goroutine and the growth of its stack to go-redis's depth each time.
+	kick chan struct{}
 
 	mu     sync.Mutex
 	queue  []*call
@@ -171,7 +175,24 @@ type script struct {
 func newScript(src string) *script { return &script{redis.NewScript(src), src} }
 
 func newBatcher(c redis.UniversalClient, done <-chan struct{}, wait time.Duration) *batcher {
-	return &batcher{c: c, done: done, wait: wait, n: pipelines}
+	b := &batcher{c: c, done: done, wait: wait, n: pipelines, kick: make(chan struct{}, pipelines)}
+	for range b.n {
+		b.wg.Go(b.drainer)
+	}
+	return b
+}
+
+// drainer drains the queue each time a sender hands its turn over, until
+// the store closes.
+func (b *batcher) drainer() {
+	for {
+		select {
+		case <-b.kick:
+			b.drain()
+		case <-b.done:
+			return
+		}
+	}
 }
 
 // script runs s with keys and args as one call of a pipeline and returns
@@ -231,7 +252,7 @@ func (b *batcher) do(ctx context.Context, c *call) error {
 }
 
 // send sends own and the queued calls as one pipeline, then, if calls were
-// queued meanwhile, hands the sending over to a goroutine so that own's
+// queued meanwhile, hands the sending over to a drainer so that own's
 // caller is answered now. It holds one of the n pipeline turns.
 func (b *batcher) send(own *call) {
 	if b.gate != nil {
@@ -249,7 +270,7 @@ func (b *batcher) send(own *call) {
 		return
 	}
 	b.mu.Unlock()
-	b.wg.Go(b.drain)
+	b.kick <- struct{}{} // buffered for every turn: never blocks
 }
 
 // drain sends the queued calls, a pipeline at a time, until none is left.
