@@ -64,11 +64,11 @@ func (g *Guard) setHold(limit int) error {
 }
 
 // holdHit records h through the blast-radius guard: the failure is counted
-// without a ban and, when it reaches maxretry, the ban is admitted (made by
-// a second Hit, atomic in the store as always) or held. The second Hit
-// counts one failure more (Stats' TotalFailed); with MaxRetry unchanged, a
-// ban a concurrent request made meanwhile (which cleared the window) is not
-// made twice.
+// without a ban and, when it reaches maxretry, the ban is admitted or held.
+// An admitted ban is made by a second, Settle Hit (atomic in the store as
+// always), which counts no failure again; with MaxRetry unchanged, a ban a
+// concurrent request made meanwhile (which cleared the window) is not made
+// twice.
 func (g *Guard) holdHit(ctx context.Context, j *Jail, h store.Hit) (store.HitResult, error) {
 	count := h
 	count.BanTime = 0
@@ -98,12 +98,10 @@ func (g *Guard) holdHit(ctx context.Context, j *Jail, h store.Hit) (store.HitRes
 		}
 		return r, nil
 	}
-	// Without its Member: the store would take the same member as seen
-	// already and neither count nor ban (distinct passwords, widening).
-	h.Member = ""
+	h.Settle = true
 	b, err := g.st.Hit(ctx, h)
 	if err == nil {
-		b.Count = r.Count // this failure was counted once, by the first Hit
+		b.Count = r.Count // this failure's count, from the Hit that counted it
 	}
 	return b, err
 }
@@ -151,8 +149,8 @@ func (g *Guard) Confirm(ctx context.Context, target string) (Released, error) {
 }
 
 // release applies held bans: each for what is left of its bantime (then
-// escalated as any ban), through a Hit of MaxRetry 1 so that the store
-// counts recidive.
+// escalated as any ban), through a Settle Hit of MaxRetry 1 so that the
+// store counts recidive but not the failure again.
 func (g *Guard) release(ctx context.Context, how string, hs []store.Held, expired int) (Released, error) {
 	var out Released
 	out.Expired = expired
@@ -169,7 +167,7 @@ func (g *Guard) release(ctx context.Context, how string, hs []store.Held, expire
 			span = j.FindTime
 		}
 		r, err := g.st.Hit(ctx, store.Hit{Jail: h.Jail, Subject: h.Subject, Span: span, MaxRetry: 1,
-			BanTime: left, Recidive: g.recidive, Reason: h.Reason})
+			BanTime: left, Recidive: g.recidive, Reason: h.Reason, Settle: true})
 		if err != nil {
 			errs = append(errs, fmt.Errorf("guard: release held ban of %s in %s: %w", h.Subject, h.Jail, err))
 			continue

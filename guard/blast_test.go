@@ -291,3 +291,94 @@ func TestBlastRadiusDistinctPasswords(t *testing.T) {
 		t.Errorf("bans %v, want alice's", bans)
 	}
 }
+
+// A ban through the blast-radius guard, admitted at once or held and then
+// confirmed, counts each failure once (Stats' TotalFailed is the failures
+// reported, TotalBanned the bans made) and escalates as any ban: a
+// subject's second ban within the recidive window, held then confirmed,
+// lasts bantime × factor, and its third, admitted, bantime × factor².
+func TestBlastRadiusCountsOnce(t *testing.T) {
+	for _, sk := range storeKinds {
+		t.Run(sk.name, func(t *testing.T) {
+			ctx := context.Background()
+			clk := &clock{t: time.Now().Truncate(time.Millisecond)}
+			st := sk.open(t, clk.Now)(0)
+			g, err := New(st, Config{
+				Jails: []Jail{authJail}, Prefixes: Prefixes{IPv4: 32, IPv6: 64}, Now: clk.Now,
+				Recidive:         store.Recidive{Window: 24 * time.Hour, Factor: 2},
+				MaxBansPerMinute: 1,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			failed := 0
+			// fail reports maxretry failures of a and returns the bans made.
+			fail := func(a netip.Addr) []store.Ban {
+				t.Helper()
+				var bans []store.Ban
+				for range authJail.MaxRetry {
+					b, err := g.Fail(ctx, a, "", "imap", "")
+					if err != nil {
+						t.Fatalf("Fail(%v) = %v", a, err)
+					}
+					failed++
+					bans = append(bans, b...)
+				}
+				return bans
+			}
+			wantTotals := func(when string, banned int64) {
+				t.Helper()
+				s, err := st.Stats(ctx, []string{authJail.Name})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if js := s[authJail.Name]; js.TotalFailed != int64(failed) || js.TotalBanned != banned {
+					t.Errorf("%s: total failed %d, banned %d; want the %d failures reported, %d bans",
+						when, js.TotalFailed, js.TotalBanned, failed, banned)
+				}
+			}
+			wantBan := func(what string, bans []store.Ban, a netip.Addr, nth int, lasts time.Duration) {
+				t.Helper()
+				if len(bans) != 1 {
+					t.Fatalf("%s: bans %v, want one of %v", what, bans, a)
+				}
+				b := bans[0]
+				if b.Subject != netSubject(hostPrefix(a)) || b.Nth != nth || b.Expires.Sub(b.Created) != lasts || !b.Created.Equal(clk.Now()) {
+					t.Errorf("%s: ban %s #%d for %v from %v; want %s #%d for %v from now", what,
+						b.Subject, b.Nth, b.Expires.Sub(b.Created), b.Created, netSubject(hostPrefix(a)), nth, lasts)
+				}
+			}
+			a, b, c := attacker(1), attacker(2), attacker(3)
+			wantBan("a, admitted", fail(a), a, 1, authJail.BanTime)
+			wantTotals("a admitted", 1)
+			// The minute's one ban is made: b's is held, then confirmed.
+			if bans := fail(b); len(bans) != 0 {
+				t.Fatalf("b over the limit: bans %v, want held", bans)
+			}
+			wantTotals("b held", 1)
+			r, err := g.Confirm(ctx, b.String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			wantBan("b, confirmed", r.Bans, b, 1, authJail.BanTime)
+			wantTotals("b confirmed", 2)
+			// a's ban has run out; within the recidive window, its second
+			// ban is held (c's took the minute's), then confirmed.
+			clk.Add(2 * time.Hour)
+			wantBan("c, admitted", fail(c), c, 1, authJail.BanTime)
+			if bans := fail(a); len(bans) != 0 {
+				t.Fatalf("a over the limit: bans %v, want held", bans)
+			}
+			r, err = g.Confirm(ctx, a.String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			wantBan("a's second, confirmed", r.Bans, a, 2, 2*authJail.BanTime)
+			wantTotals("a's second confirmed", 4)
+			// The confirmed ban counts towards recidive: a's third is the third.
+			clk.Add(3 * time.Hour)
+			wantBan("a's third, admitted", fail(a), a, 3, 4*authJail.BanTime)
+			wantTotals("a's third admitted", 5)
+		})
+	}
+}

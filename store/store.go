@@ -80,6 +80,16 @@ type Hit struct {
 	BanTime  time.Duration
 	Recidive Recidive
 	Reason   string
+	// Settle, when set, records no failure: the failure was counted by an
+	// earlier Hit with a zero BanTime (the blast-radius guard's, which then
+	// decides whether the ban may be made), and this Hit places the ban it
+	// led to. The threshold is tested as the Hit without Settle would test
+	// it, on the failures the window holds plus this one: MaxRetry 1 always
+	// bans, and a ban placed meanwhile (which cleared the window) is not
+	// placed twice. The ban escalates and counts towards recidive as any,
+	// and clears the window. Member is ignored; the window, TotalFailed and
+	// Count (the failures the window holds) are otherwise left as they are.
+	Settle bool
 }
 
 // Recidive is fail2ban's bantime.increment: the k-th ban of a (jail, subject)

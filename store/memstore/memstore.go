@@ -245,7 +245,7 @@ func (s *Store) Check(_ context.Context, q store.Query) (store.Answer, error) {
 // Hit records a failure and bans at the threshold, under the subject's
 // shard lock. A failure while the subject is already banned in the jail
 // counts like any other; reaching MaxRetry again replaces the ban with the
-// next, escalated one.
+// next, escalated one. A Settle Hit only reads the window (store.Hit).
 func (s *Store) Hit(_ context.Context, h store.Hit) (store.HitResult, error) {
 	if s.closed.Load() {
 		return store.HitResult{}, store.ErrClosed
@@ -263,6 +263,17 @@ func (s *Store) Hit(_ context.Context, h store.Hit) (store.HitResult, error) {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	w := sh.windows[k]
+	if h.Settle {
+		res := store.HitResult{}
+		if w != nil {
+			w.prune(n, h.Span)
+			res.Count = len(w.times)
+		}
+		if h.BanTime <= 0 || res.Count+1 < h.MaxRetry {
+			return res, nil
+		}
+		return s.hitBan(sh, k, h, now, res)
+	}
 	if w == nil {
 		w = &window{}
 		sh.windows[k] = w
@@ -279,6 +290,13 @@ func (s *Store) Hit(_ context.Context, h store.Hit) (store.HitResult, error) {
 	if h.BanTime <= 0 || res.Count < h.MaxRetry {
 		return res, nil
 	}
+	return s.hitBan(sh, k, h, now, res)
+}
+
+// hitBan makes the ban of h, which reached its threshold, escalated by the
+// recidive history, and clears the window. The caller holds sh's lock.
+func (s *Store) hitBan(sh *shard, k wkey, h store.Hit, now time.Time, res store.HitResult) (store.HitResult, error) {
+	n := nanos(now)
 	nth := 1
 	if h.Recidive.Window > 0 {
 		nth += sh.history[k].since(n - int64(h.Recidive.Window))

@@ -100,7 +100,8 @@ func (s *Store) Check(ctx context.Context, q store.Query) (store.Answer, error) 
 	return ans, nil
 }
 
-// Hit records a failure and bans at the threshold: one EVALSHA.
+// Hit records a failure and bans at the threshold: one EVALSHA (of
+// settleScript for a Settle Hit).
 func (s *Store) Hit(ctx context.Context, h store.Hit) (store.HitResult, error) {
 	if s.closed.Load() {
 		return store.HitResult{}, store.ErrClosed
@@ -125,7 +126,11 @@ func (s *Store) Hit(ctx context.Context, h store.Hit) (store.HitResult, error) {
 	c.key()
 	c.keyBuf = append(c.keyBuf, s.k.events...)
 	c.key()
-	c.eval(hitScript)
+	if h.Settle {
+		c.eval(settleScript)
+	} else {
+		c.eval(hitScript)
+	}
 	c.int(micros(now))
 	c.int(now.UnixNano())
 	c.int(durMicros(h.Span))

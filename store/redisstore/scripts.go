@@ -181,6 +181,34 @@ local function history(bkey, jail, now, rwin, slack, histmax)
   return n
 end
 `},
+	{"hitban", `
+-- hitban makes the ban of a Hit that reached its threshold, in hitScript's
+-- KEYS and ARGV (settleScript has the same): escalated by the recidive
+-- history, stored, published, and the subject's window cleared. It
+-- returns the record with its reason.
+local function hitban(now, jail, subject, rwin, slack)
+  redis.call('HINCRBY', KEYS[4], 'b:' .. jail, 1)
+  local n = history(KEYS[2], jail, now, rwin, slack, tonumber(ARGV[18]))
+  -- store.Recidive.Duration, in the same float64 arithmetic.
+  local bantime, factor, maxt = tonumber(ARGV[6]), tonumber(ARGV[8]), tonumber(ARGV[9])
+  local d, ds = bantime, ARGV[6]
+  if rwin > 0 and factor > 1 and n > 1 then
+    local done = false
+    for i = 1, n - 1 do
+      d = d * factor
+      if maxt > 0 and d >= maxt then d = maxt; ds = ARGV[9]; done = true; break end
+      if d > 2^62 then d = 2^62; ds = f(d); done = true; break end
+    end
+    if not done then d = math.floor(d); ds = f(d) end
+  end
+  if maxt > 0 and d > maxt then d = maxt; ds = ARGV[9] end
+  local exp = now + math.floor(d / 1000)
+  local rec = f(exp) .. '|' .. ARGV[2] .. '|' .. ds .. '|' .. f(n)
+  putban(KEYS[2], KEYS[3], KEYS[5], jail, subject, rec, ARGV[10], exp, now, slack, ARGV[13], ARGV[15], tonumber(ARGV[16]))
+  redis.call('HDEL', KEYS[1], subject)
+  return rec .. '|' .. ARGV[10]
+end
+`},
 }
 
 // hitScript records a failure, tests the threshold and bans, atomically.
@@ -217,32 +245,30 @@ local bantime = tonumber(ARGV[6])
 -- The threshold bans, replacing an active ban of the jail (a new one
 -- within the recidive window, so it escalates).
 if bantime > 0 and count >= maxretry then
-  redis.call('HINCRBY', KEYS[4], 'b:' .. jail, 1)
-  local n = history(KEYS[2], jail, now, rwin, slack, tonumber(ARGV[18]))
-  -- store.Recidive.Duration, in the same float64 arithmetic.
-  local factor, maxt = tonumber(ARGV[8]), tonumber(ARGV[9])
-  local d, ds = bantime, ARGV[6]
-  if rwin > 0 and factor > 1 and n > 1 then
-    local done = false
-    for i = 1, n - 1 do
-      d = d * factor
-      if maxt > 0 and d >= maxt then d = maxt; ds = ARGV[9]; done = true; break end
-      if d > 2^62 then d = 2^62; ds = f(d); done = true; break end
-    end
-    if not done then d = math.floor(d); ds = f(d) end
-  end
-  if maxt > 0 and d > maxt then d = maxt; ds = ARGV[9] end
-  local exp = now + math.floor(d / 1000)
-  local rec = f(exp) .. '|' .. ARGV[2] .. '|' .. ds .. '|' .. f(n)
-  putban(KEYS[2], KEYS[3], KEYS[5], jail, subject, rec, ARGV[10], exp, now, slack, ARGV[13], ARGV[15], tonumber(ARGV[16]))
-  redis.call('HDEL', KEYS[1], subject)
-  return {count, rec .. '|' .. ARGV[10]}
+  return {count, hitban(now, jail, subject, rwin, slack)}
 end
 local parts = {}
 for k = 1, #t2 do parts[k] = b36(t2[k]) .. m2[k] end
 redis.call('HSET', KEYS[1], subject, table.concat(parts, ' '))
 extend(KEYS[1], math.ceil(span / 1000) + slack)
 wsweep(KEYS[1], now, span)
+return {count}
+`))
+
+// settleScript is hitScript for a store.Hit with Settle: it records no
+// failure, and bans when the failures inside the window, plus this one,
+// reach maxretry. KEYS and ARGV as hitScript's (the member is not used).
+// Reply: {count} or {count, record} when it banned, count being the
+// failures inside the window.
+var settleScript = newScript(lua(`
+local now, span, maxretry = tonumber(ARGV[1]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local jail, subject, slack = ARGV[11], ARGV[12], tonumber(ARGV[14])
+redis.call('HSET', KEYS[4], 'rw', ARGV[7], 's:' .. jail, ARGV[3])
+extend(KEYS[4], tonumber(ARGV[17]))
+local count = wlive(redis.call('HGET', KEYS[1], subject), now - span)
+if tonumber(ARGV[6]) > 0 and count + 1 >= maxretry then
+  return {count, hitban(now, jail, subject, tonumber(ARGV[7]), slack)}
+end
 return {count}
 `))
 

@@ -48,6 +48,7 @@ func Run(t *testing.T, newStore func(t *testing.T, now func() time.Time) store.S
 		{"Sharing", sharingCases},
 		{"Audit", auditCases},
 		{"Holding", holdingCases},
+		{"Settle", settleCases},
 	}
 	for _, g := range groups {
 		t.Run(g.name, func(t *testing.T) {
