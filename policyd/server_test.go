@@ -717,12 +717,14 @@ func (m *recMetrics) Request(verdict string, d time.Duration) {
 func TestMetrics(t *testing.T) {
 	m := &recMetrics{n: map[string]int{}}
 	g := newFake()
-	addr := start(t, &Server{Guard: g, Metrics: m, MaxConns: 2, MaxLineLen: 512}, "tcp")
+	s := &Server{Guard: g, Metrics: m, MaxConns: 2, MaxLineLen: 512}
+	addr := start(t, s, "tcp")
 	c := dial(t, "tcp", addr)
 	c.ask(policyReq())
 	c.ask(policyReq("client_address", bannedAddr.String()))
 	c.ask(policyReq("sasl_username", overUser))
 	c.ask(policyReq("sasl_username", brokenUser))
+	listed(t, s, 0, 1) // c waits for a request (it lists itself after its reply)
 	for _, bad := range []string{"x\n\n", strings.Repeat("x", 600) + "\n\n", "a=1\n"} {
 		b := dial(t, "tcp", addr)
 		io.WriteString(b.c, bad)
@@ -735,6 +737,9 @@ func TestMetrics(t *testing.T) {
 	}
 	d := dial(t, "tcp", addr) // second connection: at MaxConns
 	d.ask(policyReq())
+	// Both wait, c longest: unlisted, the third would close d instead, or
+	// itself with both busy.
+	listed(t, s, 0, 2)
 	dial(t, "tcp", addr).ask(policyReq()) // third: closes c
 	if err := c.closed(); err != nil {
 		t.Errorf("longest-idle connection: %v", err)
