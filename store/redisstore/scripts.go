@@ -226,16 +226,21 @@ var hitScript = newScript(lua(`
 local now, span, maxretry = tonumber(ARGV[1]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local jail, subject, slack = ARGV[11], ARGV[12], tonumber(ARGV[14])
 local rwin = tonumber(ARGV[7])
-redis.call('HINCRBY', KEYS[4], 'f:' .. jail, 1)
 redis.call('HSET', KEYS[4], 'rw', ARGV[7], 's:' .. jail, ARGV[3])
 extend(KEYS[4], tonumber(ARGV[17]))
 local m = ARGV[5]
 local ts, ms = wparse(redis.call('HGET', KEYS[1], subject))
--- Keep the failures inside the window; a member seen again moves to now.
-local t2, m2 = {}, {}
+-- Keep the failures inside the window; a member seen inside it is not a
+-- failure: nothing changes.
+local t2, m2, seen = {}, {}, false
 for i = 1, #ts do
-  if ts[i] > now - span and (m == '' or ms[i] ~= m) then t2[#t2 + 1] = ts[i]; m2[#m2 + 1] = ms[i] end
+  if ts[i] > now - span then
+    t2[#t2 + 1] = ts[i]; m2[#m2 + 1] = ms[i]
+    if m ~= '' and ms[i] == m then seen = true end
+  end
 end
+if seen then return {#t2} end
+redis.call('HINCRBY', KEYS[4], 'f:' .. jail, 1)
 local i = #t2 + 1
 while i > 1 and t2[i - 1] > now do i = i - 1 end
 table.insert(t2, i, now); table.insert(m2, i, m)

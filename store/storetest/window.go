@@ -19,6 +19,7 @@ var windowCases = []testCase{
 	{"BanClearsWindow", testBanClearsWindow},
 	{"BanTimeZeroNeverBans", testCountOnly},
 	{"MemberCountsOnce", testMember},
+	{"MemberAgainNeitherCountsNorMoves", testMemberAgain},
 	{"JailsAndSubjectsApart", testWindowsApart},
 	{"Reset", testReset},
 }
@@ -248,5 +249,24 @@ func testReset(t *testing.T, e *env) {
 	}
 	if err := e.st.Reset(e.ctx, "dovecot", "net:203.0.113.99/32"); err != nil {
 		t.Errorf("Reset of a subject without failures = %v, want nil", err)
+	}
+}
+
+// A member seen again inside the window is not a failure: TotalFailed
+// stays, and the member keeps its first time, ageing out from there.
+func testMemberAgain(t *testing.T, e *env) {
+	h := hitFor("dovecot-user", "user:gail@example.org")
+	h.MaxRetry, h.Member = 3, "a"
+	e.hit(h)
+	e.clk.Advance(5 * time.Minute)
+	if r := e.hit(h); r.Count != 1 || r.Ban != nil {
+		t.Errorf("the same member again: Count %d, Ban %v; want Count 1, no ban", r.Count, r.Ban)
+	}
+	if got := e.stats(h.Jail)[h.Jail]; got.TotalFailed != 1 {
+		t.Errorf("TotalFailed after the same member twice = %d, want 1", got.TotalFailed)
+	}
+	e.clk.Advance(h.Span - 5*time.Minute)
+	if got := e.count(h.Jail, h.Subject, h.Span); got != 0 {
+		t.Errorf("count Span after the member's first failure = %d, want 0 (it ages out from its first time)", got)
 	}
 }
