@@ -87,8 +87,9 @@ type Hit struct {
 	// it, on the failures the window holds plus this one: MaxRetry 1 always
 	// bans, and a ban placed meanwhile (which cleared the window) is not
 	// placed twice. The ban escalates and counts towards recidive as any,
-	// and clears the window. Member is ignored; the window, TotalFailed and
-	// Count (the failures the window holds) are otherwise left as they are.
+	// and clears the window; without a ban the window is left as it is.
+	// TotalFailed is unchanged, Member ignored, and Count is the failures
+	// the window holds.
 	Settle bool
 }
 
