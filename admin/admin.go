@@ -118,16 +118,14 @@ type Server struct {
 
 // Serve answers on l until Close, then returns nil. It closes l.
 func (s *Server) Serve(l net.Listener) error {
-	cl := listen.Cap(l, orDefault(s.MaxConns, DefaultMaxConns))
-	srv := &http.Server{
-		Handler:           s.Handler(),
-		ReadHeaderTimeout: orDefault(s.ReadHeaderTimeout, DefaultReadHeaderTimeout),
-		ReadTimeout:       orDefault(s.ReadHeaderTimeout, DefaultReadHeaderTimeout) + 5*time.Second,
-		IdleTimeout:       orDefault(s.IdleTimeout, DefaultIdleTimeout),
-		WriteTimeout:      orDefault(s.WriteTimeout, DefaultWriteTimeout),
-		MaxHeaderBytes:    16 << 10,
-		ErrorLog:          slog.NewLogLogger(s.log().Handler(), slog.LevelDebug),
-	}
+	rh := listen.OrDefault(s.ReadHeaderTimeout, DefaultReadHeaderTimeout)
+	srv, cl := listen.NewServer(l, s.Handler(), listen.Limits{
+		MaxConns:          listen.OrDefault(s.MaxConns, DefaultMaxConns),
+		ReadHeaderTimeout: rh,
+		ReadTimeout:       rh + 5*time.Second,
+		IdleTimeout:       listen.OrDefault(s.IdleTimeout, DefaultIdleTimeout),
+		WriteTimeout:      listen.OrDefault(s.WriteTimeout, DefaultWriteTimeout),
+	}, s.log())
 	if err := s.srv.Serve(srv, cl); err != nil {
 		return fmt.Errorf("admin: %w", err)
 	}
@@ -136,13 +134,6 @@ func (s *Server) Serve(l net.Listener) error {
 
 // Close closes the listener and every connection; Serve returns.
 func (s *Server) Close() error { return s.srv.Close() }
-
-func orDefault[T int | time.Duration](v, def T) T {
-	if v <= 0 {
-		return def
-	}
-	return v
-}
 
 func (s *Server) log() *slog.Logger {
 	if s.Log == nil {

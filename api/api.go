@@ -129,18 +129,16 @@ func (s *Server) Serve(l net.Listener) error {
 		l.Close()
 		return errors.New("api: Guard and Tokens must be set")
 	}
-	cl := listen.Cap(l, orDefault(s.MaxConns, DefaultMaxConns))
+	rh := listen.OrDefault(s.ReadHeaderTimeout, DefaultReadHeaderTimeout)
+	srv, cl := listen.NewServer(l, s.Handler(), listen.Limits{
+		MaxConns:          listen.OrDefault(s.MaxConns, DefaultMaxConns),
+		ReadHeaderTimeout: rh,
+		ReadTimeout:       rh + 5*time.Second,
+		IdleTimeout:       listen.OrDefault(s.IdleTimeout, DefaultIdleTimeout),
+		WriteTimeout:      listen.OrDefault(s.WriteTimeout, DefaultWriteTimeout),
+	}, s.log())
+	srv.TLSConfig = s.TLS
 	cl.Shed = func(string) { s.metrics().BadRequest(ReasonTooManyConns) }
-	srv := &http.Server{
-		Handler:           s.Handler(),
-		TLSConfig:         s.TLS,
-		ReadHeaderTimeout: orDefault(s.ReadHeaderTimeout, DefaultReadHeaderTimeout),
-		ReadTimeout:       orDefault(s.ReadHeaderTimeout, DefaultReadHeaderTimeout) + 5*time.Second,
-		IdleTimeout:       orDefault(s.IdleTimeout, DefaultIdleTimeout),
-		WriteTimeout:      orDefault(s.WriteTimeout, DefaultWriteTimeout),
-		MaxHeaderBytes:    16 << 10,
-		ErrorLog:          slog.NewLogLogger(s.log().Handler(), slog.LevelDebug),
-	}
 	if err := s.srv.Serve(srv, cl); err != nil {
 		return fmt.Errorf("api: %w", err)
 	}
@@ -149,13 +147,6 @@ func (s *Server) Serve(l net.Listener) error {
 
 // Close closes the listener and every connection; Serve returns.
 func (s *Server) Close() error { return s.srv.Close() }
-
-func orDefault[T int | time.Duration](v, def T) T {
-	if v <= 0 {
-		return def
-	}
-	return v
-}
 
 func (s *Server) log() *slog.Logger {
 	if s.Log == nil {
@@ -363,7 +354,7 @@ func (s *Server) check(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, http.StatusBadRequest, CodeInvalid, fmt.Sprintf("user is longer than %d bytes", maxUser))
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), orDefault(s.Timeout, DefaultTimeout))
+	ctx, cancel := context.WithTimeout(r.Context(), listen.OrDefault(s.Timeout, DefaultTimeout))
 	v, err := s.Guard.CheckLogin(ctx, a, user)
 	cancel()
 	if err != nil {
@@ -467,7 +458,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, http.StatusBadRequest, CodeInvalid, msg)
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), orDefault(s.Timeout, DefaultTimeout))
+	ctx, cancel := context.WithTimeout(r.Context(), listen.OrDefault(s.Timeout, DefaultTimeout))
 	res, err := s.Guard.Report(ctx, guard.Report{Kind: ev.Kind, Addr: a, User: ev.User, App: ev.App})
 	cancel()
 	if err != nil {
@@ -517,7 +508,7 @@ type BanRequest struct {
 
 func (s *Server) adminCtx(r *http.Request) (context.Context, context.CancelFunc) {
 	// Listing and unbanning may read every ban: a few store round trips.
-	return context.WithTimeout(r.Context(), 10*orDefault(s.Timeout, DefaultTimeout))
+	return context.WithTimeout(r.Context(), 10*listen.OrDefault(s.Timeout, DefaultTimeout))
 }
 
 func (s *Server) listBans(w http.ResponseWriter, r *http.Request) {

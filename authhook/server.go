@@ -35,6 +35,7 @@ import (
 
 	"github.com/mailguard/mailguard/internal/deadline"
 	"github.com/mailguard/mailguard/internal/dedup"
+	"github.com/mailguard/mailguard/internal/listen"
 )
 
 // Guard is what authhook consumes: *guard.Guard implements Check and
@@ -283,17 +284,17 @@ func (s *Server) init() {
 		s.rejectUserMsg = oneLine(or(s.RejectUserMsg, DefaultRejectUserMsg))
 		s.secondFactorMsg = oneLine(or(s.SecondFactorMsg, DefaultSecondFactorMsg))
 		s.tempFailMsg = oneLine(or(s.TempFailMsg, DefaultTempFailMsg))
-		s.timeout = orDefault(s.Timeout, DefaultTimeout)
-		s.maxBody = orDefault(s.MaxBody, DefaultMaxBody)
-		s.maxConns = orDefault(s.MaxConns, DefaultMaxConns)
-		s.readTimeout = orDefault(s.ReadTimeout, DefaultReadTimeout)
-		s.idleTimeout = orDefault(s.IdleTimeout, DefaultIdleTimeout)
-		ttl := orDefault(s.SessionTTL, DefaultSessionTTL)
-		s.sess = newSessions(ttl, orDefault(s.MaxSessions, DefaultMaxSessions))
+		s.timeout = listen.OrDefault(s.Timeout, DefaultTimeout)
+		s.maxBody = listen.OrDefault(s.MaxBody, DefaultMaxBody)
+		s.maxConns = listen.OrDefault(s.MaxConns, DefaultMaxConns)
+		s.readTimeout = listen.OrDefault(s.ReadTimeout, DefaultReadTimeout)
+		s.idleTimeout = listen.OrDefault(s.IdleTimeout, DefaultIdleTimeout)
+		ttl := listen.OrDefault(s.SessionTTL, DefaultSessionTTL)
+		s.sess = newSessions(ttl, listen.OrDefault(s.MaxSessions, DefaultMaxSessions))
 		if s.sweepEvery <= 0 {
 			s.sweepEvery = ttl / 4
 		}
-		s.sem = make(chan struct{}, orDefault(s.MaxConcurrent, DefaultMaxConcurrent))
+		s.sem = make(chan struct{}, listen.OrDefault(s.MaxConcurrent, DefaultMaxConcurrent))
 		s.log = s.Log
 		if s.log == nil {
 			s.log = slog.Default()
@@ -320,13 +321,6 @@ func (noMetrics) StoreError()                   {}
 
 func or(v, def string) string {
 	if v == "" {
-		return def
-	}
-	return v
-}
-
-func orDefault[T int | int64 | time.Duration](v, def T) T {
-	if v <= 0 {
 		return def
 	}
 	return v

@@ -1,6 +1,10 @@
 package authhook
 
-import "time"
+import (
+	"time"
+
+	"github.com/mailguard/mailguard/internal/listen"
+)
 
 // Tarpit is a progressive delay, in Dovecot's before-auth allow, for clients
 // with recent failures. The zero value (Base 0) never delays.
@@ -48,7 +52,7 @@ func (t Tarpit) Delay(failures int) time.Duration {
 	if t.Base <= 0 || failures < start {
 		return 0
 	}
-	limit := orDefault(t.Max, DefaultTarpit.Max)
+	limit := listen.OrDefault(t.Max, DefaultTarpit.Max)
 	d := t.Base
 	for i := start; i < failures && d < limit; i++ {
 		d *= 2
@@ -61,9 +65,9 @@ func (t Tarpit) Delay(failures int) time.Duration {
 // whichever is longer, at most SMTPMax for SMTP AUTH. protocol is a
 // NormalizeProtocol name.
 func (t Tarpit) DelayFor(failures, userFailures int, protocol string) time.Duration {
-	d := max(t.Delay(failures), min(t.Delay(userFailures), orDefault(t.UserMax, DefaultTarpit.UserMax)))
+	d := max(t.Delay(failures), min(t.Delay(userFailures), listen.OrDefault(t.UserMax, DefaultTarpit.UserMax)))
 	if protocol == "smtp" || protocol == "submission" {
-		d = min(d, orDefault(t.SMTPMax, DefaultTarpit.SMTPMax))
+		d = min(d, listen.OrDefault(t.SMTPMax, DefaultTarpit.SMTPMax))
 	}
 	return d
 }

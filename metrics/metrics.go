@@ -175,21 +175,18 @@ type Server struct {
 
 // Serve answers on l until Close, then returns nil. It closes l.
 func (s *Server) Serve(l net.Listener) error {
-	cl := listen.Cap(l, orDefault(s.MaxConns, DefaultMaxConns))
-	if s.Registry != nil {
-		cl.Shed = func(string) { s.Registry.BadRequest("metrics", "too-many-conns") }
-	}
 	log := s.Log
 	if log == nil {
 		log = slog.Default()
 	}
-	srv := &http.Server{
-		Handler:           s.Handler(),
-		ReadHeaderTimeout: orDefault(s.ReadHeaderTimeout, DefaultReadHeaderTimeout),
-		IdleTimeout:       orDefault(s.IdleTimeout, DefaultIdleTimeout),
-		WriteTimeout:      orDefault(s.WriteTimeout, DefaultWriteTimeout),
-		MaxHeaderBytes:    16 << 10,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	srv, cl := listen.NewServer(l, s.Handler(), listen.Limits{
+		MaxConns:          listen.OrDefault(s.MaxConns, DefaultMaxConns),
+		ReadHeaderTimeout: listen.OrDefault(s.ReadHeaderTimeout, DefaultReadHeaderTimeout),
+		IdleTimeout:       listen.OrDefault(s.IdleTimeout, DefaultIdleTimeout),
+		WriteTimeout:      listen.OrDefault(s.WriteTimeout, DefaultWriteTimeout),
+	}, log)
+	if s.Registry != nil {
+		cl.Shed = func(string) { s.Registry.BadRequest("metrics", "too-many-conns") }
 	}
 	if err := s.srv.Serve(srv, cl); err != nil {
 		return fmt.Errorf("metrics: %w", err)
@@ -199,13 +196,6 @@ func (s *Server) Serve(l net.Listener) error {
 
 // Close closes the listener and every connection; Serve returns.
 func (s *Server) Close() error { return s.srv.Close() }
-
-func orDefault[T int | time.Duration](v, def T) T {
-	if v <= 0 {
-		return def
-	}
-	return v
-}
 
 // Handler returns the routes.
 func (s *Server) Handler() http.Handler {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
@@ -158,5 +159,40 @@ func TestCappedRefusesWhenAllBusy(t *testing.T) {
 	defer c2.Close()
 	if got := get(t, c2, bufio.NewReader(c2)); !strings.HasPrefix(got, "200") {
 		t.Errorf("after the busy ones finished: %s", got)
+	}
+}
+
+func TestOrDefault(t *testing.T) {
+	for _, c := range []struct{ v, want time.Duration }{{0, 5}, {-1, 5}, {1, 1}, {7, 7}} {
+		if got := OrDefault(c.v, 5); got != c.want {
+			t.Errorf("OrDefault(%d, 5) = %d, want %d", c.v, got, c.want)
+		}
+	}
+}
+
+// NewServer's server carries the limits, and its listener the cap.
+func TestNewServer(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lim := Limits{MaxConns: 1, ReadHeaderTimeout: time.Second, ReadTimeout: 2 * time.Second, IdleTimeout: 3 * time.Second, WriteTimeout: 4 * time.Second}
+	srv, cl := NewServer(l, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }), lim, slog.New(slog.DiscardHandler))
+	got := Limits{cl.max, srv.ReadHeaderTimeout, srv.ReadTimeout, srv.IdleTimeout, srv.WriteTimeout}
+	if got != lim || srv.MaxHeaderBytes != MaxHeaderBytes || srv.ErrorLog == nil {
+		t.Errorf("NewServer = %+v, MaxHeaderBytes %d, ErrorLog %v; want %+v, %d, a logger", got, srv.MaxHeaderBytes, srv.ErrorLog, lim, MaxHeaderBytes)
+	}
+	var h HTTP
+	done := make(chan error, 1)
+	go func() { done <- h.Serve(srv, cl) }()
+	defer func() { h.Close(); <-done }()
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Get("http://" + l.Addr().String() + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(b) != "ok" {
+		t.Errorf("GET = %q, want ok", b)
 	}
 }

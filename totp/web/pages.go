@@ -14,6 +14,7 @@ import (
 
 	"github.com/pquerna/otp"
 
+	"github.com/mailguard/mailguard/internal/listen"
 	"github.com/mailguard/mailguard/totp"
 )
 
@@ -90,7 +91,7 @@ func rootOf(r *http.Request) string {
 }
 
 func (s *Server) ctx(r *http.Request) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(r.Context(), orDefault(s.Timeout, DefaultTimeout))
+	return context.WithTimeout(r.Context(), listen.OrDefault(s.Timeout, DefaultTimeout))
 }
 
 // unavailable answers a Service failure.

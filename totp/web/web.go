@@ -140,7 +140,7 @@ func (s *Server) init() {
 		}
 		s.key = make([]byte, 32)
 		rand.Read(s.key)
-		s.sessions = &sessions{ttl: orDefault(s.SessionTTL, DefaultSessionTTL), max: orDefault(s.MaxSessions, DefaultMaxSessions)}
+		s.sessions = &sessions{ttl: listen.OrDefault(s.SessionTTL, DefaultSessionTTL), max: listen.OrDefault(s.MaxSessions, DefaultMaxSessions)}
 		s.basePath = s.BasePath
 		if s.basePath == "" || s.basePath[len(s.basePath)-1] != '/' {
 			s.basePath += "/"
@@ -189,7 +189,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if r.Body != nil {
-		r.Body = http.MaxBytesReader(w, r.Body, orDefault(s.MaxBody, DefaultMaxBody))
+		r.Body = http.MaxBytesReader(w, r.Body, listen.OrDefault(s.MaxBody, DefaultMaxBody))
 	}
 	s.mux.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), clientKey{}, c)))
 }
@@ -201,16 +201,13 @@ const csp = "default-src 'none'; style-src 'self'; img-src 'self'; form-action '
 // Serve answers on l until Close or Shutdown, then returns nil. It closes l.
 func (s *Server) Serve(l net.Listener) error {
 	s.init()
-	cl := listen.Cap(l, orDefault(s.MaxConns, DefaultMaxConns))
-	srv := &http.Server{
-		Handler:           s,
-		ReadHeaderTimeout: orDefault(s.ReadHeaderTimeout, DefaultReadHeaderTimeout),
-		ReadTimeout:       orDefault(s.ReadTimeout, DefaultReadTimeout),
-		IdleTimeout:       orDefault(s.IdleTimeout, DefaultIdleTimeout),
-		WriteTimeout:      orDefault(s.WriteTimeout, DefaultWriteTimeout),
-		MaxHeaderBytes:    16 << 10,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
-	}
+	srv, cl := listen.NewServer(l, s, listen.Limits{
+		MaxConns:          listen.OrDefault(s.MaxConns, DefaultMaxConns),
+		ReadHeaderTimeout: listen.OrDefault(s.ReadHeaderTimeout, DefaultReadHeaderTimeout),
+		ReadTimeout:       listen.OrDefault(s.ReadTimeout, DefaultReadTimeout),
+		IdleTimeout:       listen.OrDefault(s.IdleTimeout, DefaultIdleTimeout),
+		WriteTimeout:      listen.OrDefault(s.WriteTimeout, DefaultWriteTimeout),
+	}, s.log)
 	if err := s.srv.Serve(srv, cl); err != nil {
 		return fmt.Errorf("totp web: %w", err)
 	}
@@ -225,11 +222,4 @@ func (s *Server) warn(cause, msg string, args ...any) {
 	if ok, n := s.logs.Allow(cause, s.now()); ok {
 		s.log.Warn(msg, append(args, "suppressed", n)...)
 	}
-}
-
-func orDefault[T int | int64 | time.Duration](v, def T) T {
-	if v <= 0 {
-		return def
-	}
-	return v
 }
