@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/mailguard/mailguard/totp"
+	"github.com/mailguard/mailguard/totp/web"
 )
 
 // TOTP is what the admin API needs of the TOTP service (totp.Service).
@@ -30,10 +31,6 @@ type TOTP interface {
 
 // CodeDisabled answers a TOTP command when totp.enabled is false (409).
 const CodeDisabled = "disabled"
-
-// EnrolPath is where the approval page (totp/web) serves an enrolment
-// link, under totp.url: URL + EnrolPath + token.
-const EnrolPath = "/enrol/"
 
 // TOTPRequest is the body of the TOTP commands.
 type TOTPRequest struct {
@@ -210,7 +207,7 @@ func (s *Server) totpEnrol(w http.ResponseWriter, r *http.Request, req TOTPReque
 			s.totpFailed(w, "enroll", err)
 			return
 		}
-		reply(w, http.StatusOK, TOTPEnrolment{User: req.User, Link: strings.TrimRight(s.TOTPURL, "/") + EnrolPath + url.PathEscape(tok)})
+		reply(w, http.StatusOK, TOTPEnrolment{User: req.User, Link: strings.TrimRight(s.TOTPURL, "/") + web.EnrolPath + url.PathEscape(tok)})
 		return
 	}
 	e, err := s.TOTP.Enrol(r.Context(), req.User)

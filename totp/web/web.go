@@ -83,6 +83,11 @@ const (
 	DefaultTimeout = 5 * time.Second
 )
 
+// EnrolPath is where the page serves an enrolment link, under its public
+// URL (totp.url): URL + EnrolPath + token, the link `mailguard totp enroll
+// USER --link` prints.
+const EnrolPath = "/enrol/"
+
 // Server serves the pages. It is an http.Handler; Serve runs it on a
 // listener of its own. Set the fields before the first request and do not
 // change them; zero fields take the defaults above, and Server never writes
@@ -150,9 +155,9 @@ func (s *Server) init() {
 		m.HandleFunc("POST /login", s.login)
 		m.HandleFunc("POST /approve", s.approve)
 		m.HandleFunc("POST /logout", s.logout)
-		m.HandleFunc("GET /enrol/{token}", s.enrolPage)
-		m.HandleFunc("GET /enrol/{token}/qr.png", s.enrolQR)
-		m.HandleFunc("POST /enrol/{token}", s.enrolConfirm)
+		m.HandleFunc("GET "+EnrolPath+"{token}", s.enrolPage)
+		m.HandleFunc("GET "+EnrolPath+"{token}/qr.png", s.enrolQR)
+		m.HandleFunc("POST "+EnrolPath+"{token}", s.enrolConfirm)
 		m.HandleFunc("GET /style.css", s.style)
 		m.HandleFunc("GET /", func(w http.ResponseWriter, r *http.Request) {
 			s.fail(w, r, http.StatusNotFound, "There is no such page.")
