@@ -12,11 +12,9 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/mailguard/mailguard/guard"
 	"github.com/mailguard/mailguard/internal/config"
 	"github.com/mailguard/mailguard/internal/escape"
 	"github.com/mailguard/mailguard/replay"
-	"github.com/mailguard/mailguard/store"
 )
 
 // replayCmd is `mailguard replay`: the what-if of a new config over the
@@ -61,7 +59,7 @@ would refuse from their known devices (--known), which makes it exit 1.`,
 					return &exitError{exitUsage, fmt.Errorf("no audit file: name one, or set audit.file in the running config (--running, default %s)", config.DefaultFile)}
 				}
 			}
-			o := replay.Options{Guard: policy(c), RefusalsUnknown: unknown}
+			o := replay.Options{Guard: policy(c, nil), RefusalsUnknown: unknown}
 			if since > 0 {
 				o.Since = time.Now().Add(-since)
 			}
@@ -103,17 +101,6 @@ would refuse from their known devices (--known), which makes it exit 1.`,
 	cmd.Flags().StringVar(&known, "known", "", "a file of known devices, one \"LOGIN ADDRESS\" a line (the trail holds no successful logins)")
 	cmd.Flags().BoolVar(&unknown, "refusals-unknown", false, "count recorded refusals the new config lets through as let through only, not as failed logins")
 	return cmd
-}
-
-// policy is the guard part of c: what New and serve give guard.New.
-func policy(c config.Config) guard.Config {
-	ignore, _ := config.ParseIgnore(c.IgnoreIP) // validated
-	return guard.Config{
-		Jails: jails(c, nil), Ignore: ignore, Prefixes: guard.Prefixes{IPv4: c.Prefix.IPv4, IPv6: c.Prefix.IPv6},
-		Recidive:       store.Recidive{Window: c.Recidive.Window.D(), Factor: c.Recidive.Factor, MaxTime: c.Recidive.MaxTime.D()},
-		KnownDeviceTTL: c.KnownDeviceTTL.D(),
-		Shared:         guard.SharedRule{MinUsers: c.Safety.SharedAddress.MinUsers, Window: c.Safety.SharedAddress.Window.D()},
-	}
 }
 
 // readKnown reads "LOGIN ADDRESS" lines; blank lines and # comments are

@@ -83,6 +83,21 @@ func jails(c config.Config, logs map[string][]string) []guard.Jail {
 	return out
 }
 
+// policy is the jail policy of c that serve and replay give guard.New:
+// the jails (logs names their log feeds, planLogs'; nil: none), ignoreip,
+// prefixes, recidive, known devices and the shared-address rule. serve
+// adds the daemon's own parts (log, metrics, audit, TOTP, blast-radius
+// guard, widening).
+func policy(c config.Config, logs map[string][]string) guard.Config {
+	ignore, _ := config.ParseIgnore(c.IgnoreIP) // validated
+	return guard.Config{
+		Jails: jails(c, logs), Ignore: ignore, Prefixes: guard.Prefixes{IPv4: c.Prefix.IPv4, IPv6: c.Prefix.IPv6},
+		Recidive:       store.Recidive{Window: c.Recidive.Window.D(), Factor: c.Recidive.Factor, MaxTime: c.Recidive.MaxTime.D()},
+		KnownDeviceTTL: c.KnownDeviceTTL.D(),
+		Shared:         guard.SharedRule{MinUsers: c.Safety.SharedAddress.MinUsers, Window: c.Safety.SharedAddress.Window.D()},
+	}
+}
+
 func openStore(ctx context.Context, c config.Config, log *slog.Logger) (store.Store, error) {
 	switch c.Store.Backend {
 	case "redis":
@@ -108,7 +123,6 @@ func openStore(ctx context.Context, c config.Config, log *slog.Logger) (store.St
 
 // serve runs the daemon until ctx ends.
 func serve(ctx context.Context, c config.Config, log *slog.Logger) error {
-	ignore, _ := config.ParseIgnore(c.IgnoreIP) // validated
 	checkNoFile(c, log)
 	st, err := openStore(ctx, c, log)
 	if err != nil {
@@ -146,16 +160,10 @@ func serve(ctx context.Context, c config.Config, log *slog.Logger) error {
 		defer rec.Close()
 		auditor = rec
 	}
-	g, err = guard.New(st, guard.Config{
-		Jails: jails(c, plan.byJail), Ignore: ignore, Prefixes: guard.Prefixes{IPv4: c.Prefix.IPv4, IPv6: c.Prefix.IPv6},
-		Recidive:       store.Recidive{Window: c.Recidive.Window.D(), Factor: c.Recidive.Factor, MaxTime: c.Recidive.MaxTime.D()},
-		KnownDeviceTTL: c.KnownDeviceTTL.D(), Log: log, Metrics: reg,
-		Shared:           guard.SharedRule{MinUsers: c.Safety.SharedAddress.MinUsers, Window: c.Safety.SharedAddress.Window.D()},
-		SecondFactor:     secondFactor(c),
-		Audit:            auditor,
-		MaxBansPerMinute: c.Safety.MaxBansPerMinute,
-		Widen:            widen(c),
-	})
+	gc := policy(c, plan.byJail)
+	gc.Log, gc.Metrics, gc.Audit = log, reg, auditor
+	gc.SecondFactor, gc.MaxBansPerMinute, gc.Widen = secondFactor(c), c.Safety.MaxBansPerMinute, widen(c)
+	g, err = guard.New(st, gc)
 	if err != nil {
 		return err
 	}
