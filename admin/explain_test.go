@@ -11,24 +11,16 @@ import (
 	"os"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/mailguard/mailguard/audit"
 	"github.com/mailguard/mailguard/firewall"
 	"github.com/mailguard/mailguard/guard"
+	"github.com/mailguard/mailguard/internal/fakeclock"
 	"github.com/mailguard/mailguard/store"
 	"github.com/mailguard/mailguard/store/memstore"
 )
-
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time      { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *fakeClock) Add(d time.Duration) { c.mu.Lock(); c.t = c.t.Add(d); c.mu.Unlock() }
 
 // normalise replaces what changes from run to run: the ids (where ids
 // stand: a random id may well be all letters).
@@ -54,7 +46,7 @@ func normalise(s string) string {
 // twice-banned address (the second ban escalated), a user with a known
 // device, a refusal by its id, an ignoreip address, escaped logins.
 func TestExplainGolden(t *testing.T) {
-	clk := &fakeClock{t: time.Date(2026, 11, 29, 8, 0, 0, 0, time.UTC)}
+	clk := fakeclock.New(time.Date(2026, 11, 29, 8, 0, 0, 0, time.UTC))
 	st, err := memstore.Open(memstore.Options{Now: clk.Now})
 	if err != nil {
 		t.Fatal(err)

@@ -11,11 +11,11 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/mailguard/mailguard/internal/fakeclock"
 	"github.com/mailguard/mailguard/internal/listen"
 	"github.com/mailguard/mailguard/internal/logtest"
 )
@@ -331,20 +331,12 @@ func (g *slowGuard) Check(ctx context.Context, a netip.Addr, user string) (Check
 	return g.fakeGuard.Check(ctx, a, user)
 }
 
-type testClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *testClock) Now() time.Time      { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *testClock) Add(d time.Duration) { c.mu.Lock(); c.t = c.t.Add(d); c.mu.Unlock() }
-
 // TestLogRateLimits: 401s, store errors and refusals make one line per
 // cause (refusals: per banned subject) per period, and the next line counts
 // those held back.
 func TestLogRateLimits(t *testing.T) {
 	lc := logtest.New()
-	clk := &testClock{t: time.Unix(1_700_000_000, 0)}
+	clk := fakeclock.New(time.Unix(1_700_000_000, 0))
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("log:\n%s", lc.String())

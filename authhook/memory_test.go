@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mailguard/mailguard/internal/fakeclock"
 	"github.com/mailguard/mailguard/internal/listen"
 )
 
@@ -44,7 +45,7 @@ func TestSessionsMemoryBounded(t *testing.T) {
 // TestSessionsExpireOnTimer: a before-auth allow never followed by anything
 // is forgotten after SessionTTL by Serve's janitor, with no further request.
 func TestSessionsExpireOnTimer(t *testing.T) {
-	clk := &testClock{t: time.Unix(1_700_000_000, 0)}
+	clk := fakeclock.New(time.Unix(1_700_000_000, 0))
 	s := &Server{Guard: benchGuard{}, Log: discardLogger(), now: clk.Now, sweepEvery: time.Millisecond}
 	l, err := listen.Listen("127.0.0.1:0", 0, "")
 	if err != nil {

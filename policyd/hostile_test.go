@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mailguard/mailguard/internal/fakeclock"
 	"github.com/mailguard/mailguard/internal/logtest"
 )
 
@@ -154,20 +155,12 @@ func TestShutdownDeadline(t *testing.T) {
 	}
 }
 
-type testClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *testClock) Now() time.Time      { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *testClock) Add(d time.Duration) { c.mu.Lock(); c.t = c.t.Add(d); c.mu.Unlock() }
-
 // TestLogRateLimits: what a client can make policyd log is one line per
 // cause per period, refusals one per banned subject, with the count of lines
 // held back on the next one.
 func TestLogRateLimits(t *testing.T) {
 	lc := logtest.New()
-	clk := &testClock{t: time.Unix(1_700_000_000, 0)}
+	clk := fakeclock.New(time.Unix(1_700_000_000, 0))
 	g := newFake()
 	var down bool
 	var mu sync.Mutex
