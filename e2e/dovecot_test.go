@@ -2,16 +2,9 @@ package e2e
 
 import (
 	"bufio"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
 	"io/fs"
-	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -21,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mailguard/mailguard/internal/testcert"
 	"github.com/mailguard/mailguard/internal/testenv"
 )
 
@@ -161,7 +155,7 @@ service pop3-login {
 }
 `, dir, filepath.Base(dir), port(d.IMAP), port(d.IMAPS), port(d.POP3), port(d.POP3S), at.listen())
 	if opt.SSLRequired {
-		certFile, keyFile := selfSignedCert(t, dir)
+		certFile, keyFile := testcert.Write(t, dir, "mx.example.org")
 		local += fmt.Sprintf("ssl = required\nssl_cert = <%s\nssl_key = <%s\n", certFile, keyFile)
 	}
 	writeFile(t, filepath.Join(etc, "local.conf"), local)
@@ -238,35 +232,6 @@ func writeFile(t *testing.T, file, content string) {
 	if err := os.WriteFile(file, []byte(content), fs.FileMode(0o644)); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// selfSignedCert writes a certificate for 127.0.0.1 and its key into dir.
-func selfSignedCert(t *testing.T, dir string) (certFile, keyFile string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: "mx.example.org"},
-		DNSNames: []string{"mx.example.org"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kb, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	writeFile(t, certFile, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})))
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kb}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return certFile, keyFile
 }
 
 // imapLogin logs in from src with STARTTLS and LOGIN (stock Dovecot refuses

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mailguard/mailguard/internal/testcert"
 	"github.com/mailguard/mailguard/internal/testenv"
 )
 
@@ -121,7 +122,7 @@ func newStockPostfix(t *testing.T) *stockPostfix {
 	if err := os.WriteFile(filepath.Join(p.Dir, "master.cf"), []byte(m), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cert, key := selfSignedCert(t, root)
+	cert, key := testcert.Write(t, root, "mx.example.org")
 	for _, kv := range []string{
 		"queue_directory = " + root + "/queue", "data_directory = " + root + "/data",
 		"maillog_file = " + p.Log, "inet_interfaces = loopback-only", "inet_protocols = ipv4",
@@ -222,7 +223,7 @@ func newStockDovecot(t *testing.T) *stockDovecot {
 	edit(filepath.Join(dir, "conf.d", "10-auth.conf"), "\n!include auth-system.conf.ext", "\n#!include auth-system.conf.ext")
 	edit(filepath.Join(dir, "conf.d", "10-auth.conf"), "#!include auth-passwdfile.conf.ext", "!include auth-passwdfile.conf.ext")
 	edit(filepath.Join(dir, "conf.d", "auth-passwdfile.conf.ext"), "/etc/dovecot/users", users)
-	cert, key := selfSignedCert(t, root)
+	cert, key := testcert.Write(t, root, "mx.example.org")
 	_, port, _ := net.SplitHostPort(d.IMAP)
 	local := fmt.Sprintf(`base_dir = %[1]s/run
 log_path = %[2]s
