@@ -35,7 +35,10 @@ import (
 
 // Guard is what the API needs from the jail engine.
 type Guard interface {
-	CheckLogin(ctx context.Context, a netip.Addr, user string) (guard.Verdict, error)
+	// CheckFrom is guard's CheckLogin naming the caller for the audit
+	// trail: source "api:NAME" (NAME: the check token's), protocol
+	// guard.ReportProtocol.
+	CheckFrom(ctx context.Context, source, protocol string, a netip.Addr, user string) (guard.Verdict, error)
 	Report(ctx context.Context, r guard.Report) (guard.Reported, error)
 	Status(ctx context.Context, jail string) ([]guard.JailStatus, error)
 	Ban(ctx context.Context, target, jail string, d time.Duration) (store.Ban, error)
@@ -175,11 +178,12 @@ func (noMetrics) Request(string, time.Duration) {}
 func (noMetrics) BadRequest(string)             {}
 func (noMetrics) StoreError()                   {}
 
-// route is one operation: its method, path, scope ("" for none) and handler.
+// route is one operation: its method, path, scope ("" for none) and
+// handler, which gets the request's token (nil without a scope).
 type route struct {
 	method, path string
 	scope        Scope
-	h            func(s *Server, w http.ResponseWriter, r *http.Request)
+	h            func(s *Server, w http.ResponseWriter, r *http.Request, tk *token)
 }
 
 // routes is the API; openapi.json documents exactly these (a test holds
@@ -209,10 +213,14 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			allow = append(allow, rt.method)
 			continue
 		}
-		if rt.scope != "" && !s.authorized(w, r, rt.scope) {
-			return
+		var tk *token
+		if rt.scope != "" {
+			var ok bool
+			if tk, ok = s.authorized(w, r, rt.scope); !ok {
+				return
+			}
 		}
-		rt.h(s, w, r)
+		rt.h(s, w, r, tk)
 		return
 	}
 	if len(allow) > 0 {
@@ -223,9 +231,9 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	s.fail(w, r, http.StatusNotFound, CodeNotFound, fmt.Sprintf("no route %s (see /v1/openapi.json)", r.URL.Path))
 }
 
-// authorized checks the bearer token and its scope, and answers 401 or 403
-// when it fails. The token never reaches a log or a reply.
-func (s *Server) authorized(w http.ResponseWriter, r *http.Request, scope Scope) bool {
+// authorized checks the bearer token and its scope and returns the token,
+// or answers 401 or 403. The token never reaches a log or a reply.
+func (s *Server) authorized(w http.ResponseWriter, r *http.Request, scope Scope) (*token, bool) {
 	h := r.Header.Get("Authorization")
 	scheme, presented, _ := strings.Cut(h, " ")
 	presented = strings.TrimSpace(presented)
@@ -247,15 +255,15 @@ func (s *Server) authorized(w http.ResponseWriter, r *http.Request, scope Scope)
 		w.Header().Set("WWW-Authenticate", `Bearer realm="mailguard"`)
 		s.logBad(r, "unauthorized", why)
 		reply(w, http.StatusUnauthorized, errorReply{Error: why + ": send Authorization: Bearer TOKEN (a token of api.tokens_file)", Code: CodeUnauthorized})
-		return false
+		return nil, false
 	}
 	if !tk.has(scope) {
 		s.metrics().BadRequest(ReasonForbidden)
 		s.logBad(r, "forbidden", "token "+tk.name+" lacks scope "+string(scope))
 		reply(w, http.StatusForbidden, errorReply{Error: fmt.Sprintf("token %s does not have the %s scope", tk.name, scope), Code: CodeForbidden})
-		return false
+		return nil, false
 	}
-	return true
+	return tk, true
 }
 
 // logBad logs a refused request, at most once per 5 s per cause.
@@ -331,7 +339,7 @@ func clip(s string) string {
 const maxUser = 1024
 
 // check answers GET /v1/check?ip=IP[&user=U]: 204 allowed, 403 refused.
-func (s *Server) check(w http.ResponseWriter, r *http.Request) {
+func (s *Server) check(w http.ResponseWriter, r *http.Request, tk *token) {
 	start := s.now()
 	q := r.URL.Query()
 	for k := range q {
@@ -355,7 +363,7 @@ func (s *Server) check(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), listen.OrDefault(s.Timeout, DefaultTimeout))
-	v, err := s.Guard.CheckLogin(ctx, a, user)
+	v, err := s.Guard.CheckFrom(ctx, tk.source, guard.ReportProtocol, a, user)
 	cancel()
 	if err != nil {
 		s.metrics().StoreError()
@@ -434,7 +442,7 @@ type EventReply struct {
 	Bans    []Ban    `json:"bans"`    // the bans it made
 }
 
-func (s *Server) events(w http.ResponseWriter, r *http.Request) {
+func (s *Server) events(w http.ResponseWriter, r *http.Request, _ *token) {
 	start := s.now()
 	var ev Event
 	if !s.decodeBody(w, r, &ev) {
@@ -511,7 +519,7 @@ func (s *Server) adminCtx(r *http.Request) (context.Context, context.CancelFunc)
 	return context.WithTimeout(r.Context(), 10*listen.OrDefault(s.Timeout, DefaultTimeout))
 }
 
-func (s *Server) listBans(w http.ResponseWriter, r *http.Request) {
+func (s *Server) listBans(w http.ResponseWriter, r *http.Request, _ *token) {
 	start := s.now()
 	q := r.URL.Query()
 	for k := range q {
@@ -537,7 +545,7 @@ func (s *Server) listBans(w http.ResponseWriter, r *http.Request) {
 	reply(w, http.StatusOK, out)
 }
 
-func (s *Server) ban(w http.ResponseWriter, r *http.Request) {
+func (s *Server) ban(w http.ResponseWriter, r *http.Request, _ *token) {
 	start := s.now()
 	var req BanRequest
 	if !s.decodeBody(w, r, &req) {
@@ -566,7 +574,7 @@ func (s *Server) ban(w http.ResponseWriter, r *http.Request) {
 	reply(w, http.StatusCreated, toBan(b))
 }
 
-func (s *Server) unban(w http.ResponseWriter, r *http.Request) {
+func (s *Server) unban(w http.ResponseWriter, r *http.Request, _ *token) {
 	start := s.now()
 	q := r.URL.Query()
 	for k := range q {

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mailguard/mailguard/audit"
 	"github.com/mailguard/mailguard/guard"
 	"github.com/mailguard/mailguard/internal/testcert"
 	"github.com/mailguard/mailguard/store/memstore"
@@ -67,6 +68,12 @@ var roundcubeJail = guard.Jail{Name: "roundcube", Events: []string{guard.EventAu
 // port; setup, when not nil, adjusts the server before Serve.
 func start(t *testing.T, setup func(*Server)) *testServer {
 	t.Helper()
+	return startAudited(t, nil, setup)
+}
+
+// startAudited is start with a guard that records to au (nil: none).
+func startAudited(t *testing.T, au guard.Auditor, setup func(*Server)) *testServer {
+	t.Helper()
 	st, err := memstore.Open(memstore.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -77,7 +84,7 @@ func start(t *testing.T, setup func(*Server)) *testServer {
 	g, err := guard.New(st, guard.Config{
 		Jails: []guard.Jail{roundcubeJail, {Name: "dovecot", Events: []string{guard.EventAuthFailure}, Key: guard.KeyPrefix,
 			MaxRetry: 5, FindTime: 10 * time.Minute, BanTime: time.Hour, Action: guard.ActionFirewall, Ports: []uint16{993}}},
-		Ignore: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}, Log: log,
+		Ignore: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}, Log: log, Audit: au,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -378,6 +385,55 @@ func TestCheckStoreDown(t *testing.T) {
 		if a := ts.do(t, "POST", "/v1/events", reportToken, `{"kind":"auth-failure","ip":"192.0.2.1"}`); a.status != 503 || a.err.Code != CodeUnavailable {
 			t.Errorf("events with the store down = %d %s, want 503", a.status, a.body)
 		}
+	}
+}
+
+// auditLog is a guard.Auditor that keeps the events.
+type auditLog struct {
+	mu     sync.Mutex
+	events []audit.Event
+}
+
+func (l *auditLog) Record(e audit.Event) string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.events = append(l.events, e)
+	return fmt.Sprintf("ev%d", len(l.events))
+}
+
+func (l *auditLog) refusals() []audit.Event {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []audit.Event
+	for _, e := range l.events {
+		if e.Kind == audit.KindRefusal {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// A refusal of /v1/check is audited with the source api:NAME of the
+// check token that asked and protocol http (README, audit trail), one
+// event per token (source) and banned subject.
+func TestCheckRefusalAuditSource(t *testing.T) {
+	au := &auditLog{}
+	ts := startAudited(t, au, nil)
+	if _, err := ts.g.Ban(t.Context(), "192.0.2.7", "", time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	for _, tok := range []string{checkToken, allToken, checkToken} {
+		if a := ts.do(t, "GET", "/v1/check?ip=192.0.2.7", tok, ""); a.status != 403 {
+			t.Fatalf("check of a banned address = %d %s, want 403", a.status, a.body)
+		}
+	}
+	var got []string
+	for _, e := range au.refusals() {
+		got = append(got, e.Source+" "+e.Protocol+" "+e.Addr+" "+e.Subject)
+	}
+	want := []string{"api:nginx http 192.0.2.7 net:192.0.2.7/32", "api:ops http 192.0.2.7 net:192.0.2.7/32"}
+	if !slices.Equal(got, want) {
+		t.Errorf("refusal events (source protocol addr subject) = %q, want %q", got, want)
 	}
 }
 

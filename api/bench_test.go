@@ -11,7 +11,7 @@ import (
 )
 
 // BenchmarkCheck is one GET /v1/check through the handler (no network):
-// token lookup, parameters, guard.CheckLogin on the embedded store.
+// token lookup, parameters, guard.CheckFrom on the embedded store.
 func BenchmarkCheck(b *testing.B) {
 	st, err := memstore.Open(memstore.Options{})
 	if err != nil {

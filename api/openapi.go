@@ -14,7 +14,7 @@ var openapiJSON []byte
 // OpenAPI returns the OpenAPI document (a copy).
 func OpenAPI() []byte { return append([]byte(nil), openapiJSON...) }
 
-func (s *Server) openapi(w http.ResponseWriter, r *http.Request) {
+func (s *Server) openapi(w http.ResponseWriter, r *http.Request, _ *token) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "public, max-age=3600")
 	_, _ = w.Write(openapiJSON)

@@ -39,6 +39,7 @@ type Tokens struct {
 type token struct {
 	sum    [sha256.Size]byte
 	name   string
+	source string // "api:" + name, the audit trail's source of its checks
 	scopes []Scope
 }
 
@@ -66,7 +67,8 @@ func LoadTokens(path string) (*Tokens, error) {
 
 // ParseTokens reads one token a line, `TOKEN SCOPE[,SCOPE...] [NAME]`; blank
 // lines and lines starting with # are skipped. NAME (default "line N")
-// names the token in logs. Errors name the line, never the token.
+// names the token in logs and, as "api:NAME", is the audit trail's source
+// of the refusals of its checks. Errors name the line, never the token.
 func ParseTokens(r io.Reader) (*Tokens, error) {
 	t := &Tokens{}
 	sc := bufio.NewScanner(r)
@@ -89,6 +91,7 @@ func ParseTokens(r io.Reader) (*Tokens, error) {
 		if len(f) == 3 {
 			tk.name = f[2]
 		}
+		tk.source = "api:" + tk.name
 		for _, s := range strings.Split(f[1], ",") {
 			sc := Scope(s)
 			if !slices.Contains(Scopes(), sc) {

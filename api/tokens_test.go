@@ -29,7 +29,7 @@ func TestParseTokens(t *testing.T) {
 					t.Fatalf("ParseTokens = %v, %v", got, err)
 				}
 				tk, ok := got.lookup(tok)
-				if !ok || tk.name != "web" || !slices.Equal(tk.scopes, []Scope{ScopeCheck, ScopeReport}) {
+				if !ok || tk.name != "web" || tk.source != "api:web" || !slices.Equal(tk.scopes, []Scope{ScopeCheck, ScopeReport}) {
 					t.Errorf("lookup = %+v, %v", tk, ok)
 				}
 				if _, ok := got.lookup(tok[:len(tok)-1]); ok {
@@ -44,6 +44,19 @@ func TestParseTokens(t *testing.T) {
 				t.Errorf("error shows the token: %v", err)
 			}
 		})
+	}
+}
+
+// A token without a name is "line N", in logs and as the audit source of
+// its checks.
+func TestTokenDefaultName(t *testing.T) {
+	const tok = "s3cret-token-abcdef"
+	got, err := ParseTokens(strings.NewReader("# c\n" + tok + " check\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tk, ok := got.lookup(tok); !ok || tk.name != "line 2" || tk.source != "api:line 2" {
+		t.Errorf("lookup = %+v, %v; want name line 2, source api:line 2", tk, ok)
 	}
 }
 

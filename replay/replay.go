@@ -382,8 +382,14 @@ func (rp *Replay) count(ctx context.Context, e audit.Event, a netip.Addr) error 
 			bans = append(bans, b...)
 		}
 	case e.Event == guard.EventAuthFailure && strings.HasPrefix(e.Source, "api:"):
+		// A web app's event (api:APP), or a refusal of a check token
+		// (api:NAME, which need not be an app name: "line 3").
+		app := strings.TrimPrefix(e.Source, "api:")
+		if !guard.ValidApp(app) {
+			app = ""
+		}
 		var r guard.Reported
-		r, err = rp.g.Report(ctx, guard.Report{Kind: e.Event, Addr: a, User: e.User, App: strings.TrimPrefix(e.Source, "api:")})
+		r, err = rp.g.Report(ctx, guard.Report{Kind: e.Event, Addr: a, User: e.User, App: app})
 		bans = r.Bans
 	case e.Event == guard.EventAuthFailure:
 		bans, err = rp.g.Fail(ctx, a, e.User, e.Protocol, "")

@@ -400,3 +400,31 @@ func TestReplayLogFailures(t *testing.T) {
 		t.Errorf("added %+v, want one postfix ban of 192.0.2.99", res.Added)
 	}
 }
+
+// A recorded refusal of an API check the new config lets through is
+// replayed as a failed login reported over HTTP, whether the check token's
+// name is an app name (api:nginx) or not (api:line 3).
+func TestReplayAPICheckRefusals(t *testing.T) {
+	rp, err := New(Options{Guard: recorded()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rp.Close()
+	ctx := context.Background()
+	for i, src := range []string{"api:nginx", "api:line 3"} {
+		e := audit.Event{V: 1, ID: fmt.Sprintf("chk%07d", i), Time: day0.Add(time.Duration(i) * time.Minute), Kind: audit.KindRefusal,
+			Source: src, Protocol: guard.ReportProtocol, Addr: "192.0.2.98", Jail: "dovecot", Subject: "net:192.0.2.98/32"}
+		if err := rp.Event(ctx, e); err != nil {
+			t.Fatalf("refusal from %s: %v", src, err)
+		}
+	}
+	res := rp.Result()
+	if res.LetThrough != 2 {
+		t.Errorf("let through %d, want 2", res.LetThrough)
+	}
+	for _, j := range res.Jails {
+		if j.Jail == "dovecot" && j.Failures != 2 {
+			t.Errorf("dovecot counted %d failures, want 2", j.Failures)
+		}
+	}
+}
