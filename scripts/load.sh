@@ -95,10 +95,15 @@ in_use() {
 	fi
 }
 chosen=" "
+# Ports are chosen below the kernel's ephemeral range (ip_local_port_range),
+# where the load tool's own outgoing connections take theirs: a port free
+# when chosen could be taken by one before the daemon binds it.
+eph=$(awk '{ print $1 }' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+[ "$eph" -gt 12000 ] || eph=32768
 free_port() {
 	local p
 	for _ in $(seq 100); do
-		p=$((20000 + RANDOM % 40000))
+		p=$((10000 + RANDOM % (eph - 10000)))
 		if [[ $chosen != *" $p "* ]] && ! in_use "$p"; then
 			chosen+="$p "
 			echo "$p"
