@@ -12,32 +12,60 @@ import (
 
 // store.Auditing keys (same hash tag as the rest, see keys.go):
 //
-//	base au:SUBJECT   LIST the subject's last Keep records, oldest first; TTL
+//	base au:SUBJECT   LIST the ids of the subject's last Keep records, oldest
+//	                  first (a version before this one kept whole records
+//	                  there, which Trail still reads); TTL
 //	base ai:ID        STRING one record by its id; TTL
+//
+// A record is stored once, under its id, however many trails it joins:
+// keeping it whole in each trail cost Redis a copy per subject, in memory
+// and in CPU (an audited failure joins two or three trails).
 var _ store.Auditing = (*Store)(nil)
 
 func (k keys) auditTrail(subject string) string { return k.base + "au:" + subject }
 func (k keys) auditID(id string) string         { return k.base + "ai:" + id }
+func (k keys) auditIDs() string                 { return k.base + "ai:" }
 
-// appendScript stores audit records: each under its id and at the end of the
-// trail of each of its subjects, trimmed to its keep, every key with its TTL.
-// The keys are in ARGV (they share KEYS[1]'s hash slot).
+// appendScript stores audit records: each under its id, and its id at the
+// end of the trail of each of its subjects, trimmed to its keep, every key
+// with its TTL. The keys are in ARGV (they share KEYS[1]'s hash slot).
 //
 //	KEYS: 1 stats (for the slot only)
-//	ARGV: per record: id key, data, ttl_ms, keep, n, then n trail keys
+//	ARGV: 1 the id key prefix, then per record: id, data, ttl_ms, keep, n,
+//	      then n trail keys
 var appendScript = newScript(`
-local i = 1
+local i = 2
 while i <= #ARGV do
-  local data, ttl, keep, n = ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
-  redis.call('SET', ARGV[i], data, 'PX', ttl)
+  local id, ttl, keep, n = ARGV[i], ARGV[i + 2], tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
+  redis.call('SET', ARGV[1] .. id, ARGV[i + 1], 'PX', ttl)
   for j = i + 5, i + 4 + n do
-    redis.call('RPUSH', ARGV[j], data)
+    redis.call('RPUSH', ARGV[j], id)
     redis.call('LTRIM', ARGV[j], -keep, -1)
     redis.call('PEXPIRE', ARGV[j], ttl)
   end
   i = i + 5 + n
 end
 return 1
+`)
+
+// trailScript reads a trail: the records of its ids, oldest first, leaving
+// out those expired; an entry that is a whole record (written by an earlier
+// version, which kept records in the trail: they start with '{') is
+// returned as it is.
+//
+//	KEYS: 1 the trail
+//	ARGV: 1 the id key prefix
+var trailScript = newScript(`
+local out = {}
+for _, e in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+  if string.sub(e, 1, 1) == '{' then
+    out[#out + 1] = e
+  else
+    local v = redis.call('GET', ARGV[1] .. e)
+    if v then out[#out + 1] = v end
+  end
+end
+return out
 `)
 
 // Append adds records (store.Auditing): one script call for the batch, sent
@@ -49,8 +77,8 @@ func (s *Store) Append(ctx context.Context, recs []store.AuditRecord) error {
 		return store.ErrClosed
 	}
 	for _, r := range recs {
-		if r.Keep < 1 || r.TTL <= 0 || r.ID == "" {
-			return fmt.Errorf("redisstore: append: id %q, keep %d and ttl %v must be set", r.ID, r.Keep, r.TTL)
+		if r.Keep < 1 || r.TTL <= 0 || r.ID == "" || r.ID[0] == '{' {
+			return fmt.Errorf("redisstore: append: id %q, keep %d and ttl %v must be set (an id not starting with '{')", r.ID, r.Keep, r.TTL)
 		}
 	}
 	if len(recs) == 0 {
@@ -61,8 +89,9 @@ func (s *Store) Append(ctx context.Context, recs []store.AuditRecord) error {
 	c.keyBuf = append(c.keyBuf, s.k.stats...)
 	c.key()
 	c.eval(appendScript)
+	c.str(s.k.auditIDs())
 	for _, r := range recs {
-		c.str(s.k.auditID(r.ID))
+		c.str(r.ID)
 		c.str(string(r.Data))
 		c.int(max(r.TTL.Milliseconds(), 1))
 		c.int(int64(r.Keep))
@@ -77,12 +106,12 @@ func (s *Store) Append(ctx context.Context, recs []store.AuditRecord) error {
 	return nil
 }
 
-// Trail returns the records of subject: one LRANGE (store.Auditing).
+// Trail returns the records of subject: one script call (store.Auditing).
 func (s *Store) Trail(ctx context.Context, subject store.Subject) ([][]byte, error) {
 	if s.closed.Load() {
 		return nil, store.ErrClosed
 	}
-	v, err := s.c.LRange(ctx, s.k.auditTrail(subject), 0, -1).Result()
+	v, err := s.b.script(ctx, trailScript.Script, []string{s.k.auditTrail(subject)}, s.k.auditIDs()).StringSlice()
 	if err != nil {
 		return nil, s.fail("trail", err)
 	}

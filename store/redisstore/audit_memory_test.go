@@ -46,3 +46,43 @@ func TestMemoryPerAuditedSubject(t *testing.T) {
 		t.Errorf("%d bytes per audited subject, far above README's", per)
 	}
 }
+
+// A trail keeps ids; Trail reads their records, oldest first, leaves out
+// the ids whose record has expired, and still reads a whole record that an
+// earlier version kept in the trail itself.
+func TestTrailLayout(t *testing.T) {
+	addr := redistest.Start(t)
+	s := open(t, redisstore.Options{Addrs: []string{addr}, Node: "mx1"})
+	admin := redis.NewClient(&redis.Options{Addr: addr})
+	defer admin.Close()
+	ctx := context.Background()
+	const sub = "net:192.0.2.7/32"
+	key := "mailguard:{mailguard}:au:" + sub
+	legacy := `{"v":1,"id":"old0000001","kind":"failure"}`
+	if err := admin.RPush(ctx, key, legacy).Err(); err != nil {
+		t.Fatal(err)
+	}
+	var recs []store.AuditRecord
+	for i := range 3 {
+		recs = append(recs, store.AuditRecord{ID: fmt.Sprintf("new000000%d", i), Subjects: []string{sub, "user:h:0123456789abcdef"},
+			Data: fmt.Appendf(nil, `{"v":1,"id":"new000000%d"}`, i), Keep: 10, TTL: time.Hour})
+	}
+	if err := s.Append(ctx, recs); err != nil {
+		t.Fatal(err)
+	}
+	ids, err := admin.LRange(ctx, key, 0, -1).Result()
+	if want := []string{legacy, "new0000000", "new0000001", "new0000002"}; err != nil || fmt.Sprint(ids) != fmt.Sprint(want) {
+		t.Fatalf("trail list = %q, %v; want %q (ids, not records)", ids, err, want)
+	}
+	if err := admin.Del(ctx, "mailguard:{mailguard}:ai:new0000001").Err(); err != nil { // as if expired
+		t.Fatal(err)
+	}
+	got, err := s.Trail(ctx, sub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{legacy, `{"v":1,"id":"new0000000"}`, `{"v":1,"id":"new0000002"}`}
+	if fmt.Sprintf("%q", got) != fmt.Sprintf("%q", want) {
+		t.Errorf("Trail = %q, want %q", got, want)
+	}
+}
