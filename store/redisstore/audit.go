@@ -39,8 +39,7 @@ while i <= #ARGV do
   local id, ttl, keep, n = ARGV[i], ARGV[i + 2], tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
   redis.call('SET', ARGV[1] .. id, ARGV[i + 1], 'PX', ttl)
   for j = i + 5, i + 4 + n do
-    redis.call('RPUSH', ARGV[j], id)
-    redis.call('LTRIM', ARGV[j], -keep, -1)
+    if redis.call('RPUSH', ARGV[j], id) > keep then redis.call('LTRIM', ARGV[j], -keep, -1) end
     redis.call('PEXPIRE', ARGV[j], ttl)
   end
   i = i + 5 + n
