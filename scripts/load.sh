@@ -302,5 +302,13 @@ for st in $STORES; do
 			"$(ratio "${rps[postfix-redis]:-}" "${rps[redis-get]:-}")" "$CONNS"
 	fi
 done
+if [[ " $STORES " == *" memory "* && " $STORES " == *" redis "* ]]; then
+	# The Redis hop's own cost: the same front end and load on the embedded
+	# store is the floor (one run apart, so the machine's drift counts too).
+	for fe in postfix dovecot; do
+		printf "%-10s %-8s %10s %10s %6s   (floor: the same front end on the embedded store)\n" "$fe" redis "${rps[$fe-redis]:-?}" "${rps[$fe-memory]:-?}" \
+			"$(ratio "${rps[$fe-redis]:-}" "${rps[$fe-memory]:-}")"
+	done
+fi
 echo "(the machine's other load during the run shows in each 'cpu' line: other processes)"
 exit $status
