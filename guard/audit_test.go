@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/mailguard/mailguard/audit"
+	"github.com/mailguard/mailguard/internal/fakeclock"
 	"github.com/mailguard/mailguard/store"
 	"github.com/mailguard/mailguard/store/memstore"
 	"github.com/mailguard/mailguard/store/redisstore"
@@ -20,7 +21,7 @@ import (
 func TestAuditEvents(t *testing.T) {
 	for _, backend := range []string{"memory", "redis"} {
 		t.Run(backend, func(t *testing.T) {
-			clk := &clock{t: time.Now().Truncate(time.Second)}
+			clk := fakeclock.New(time.Now().Truncate(time.Second))
 			var st store.Store
 			switch backend {
 			case "memory":
@@ -129,7 +130,7 @@ func (f recordFunc) Record(e audit.Event) string { return f(e) }
 // one refusal event per source a minute; the refusals in between carry its
 // id.
 func TestRefusalEventsPerMinute(t *testing.T) {
-	clk := &clock{t: time.Now()}
+	clk := fakeclock.New(time.Now())
 	st, err := memstore.Open(memstore.Options{Now: clk.Now})
 	if err != nil {
 		t.Fatal(err)
@@ -180,7 +181,7 @@ func BenchmarkAudit(b *testing.B) {
 			name = "on"
 		}
 		setup := func(b *testing.B) (*Guard, *audit.Recorder) {
-			clk := &clock{t: time.Now()}
+			clk := fakeclock.New(time.Now())
 			st, err := memstore.Open(memstore.Options{Now: clk.Now})
 			if err != nil {
 				b.Fatal(err)
@@ -244,7 +245,7 @@ func BenchmarkAudit(b *testing.B) {
 // TestAuditLogFailure: failures found in logs are audited with their log
 // source, whatever its text, and make the ban's event.
 func TestAuditLogFailure(t *testing.T) {
-	clk := &clock{t: time.Now()}
+	clk := fakeclock.New(time.Now())
 	st, err := memstore.Open(memstore.Options{Now: clk.Now})
 	if err != nil {
 		t.Fatal(err)

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mailguard/mailguard/internal/fakeclock"
 	"github.com/mailguard/mailguard/store"
 )
 
@@ -30,7 +31,7 @@ func (m *holdCounter) HeldReleased(how string, n int) {
 	m.released[how] += n
 }
 
-func holdGuard(t *testing.T, st store.Store, clk *clock, limit int, m Metrics, jails ...Jail) *Guard {
+func holdGuard(t *testing.T, st store.Store, clk *fakeclock.Clock, limit int, m Metrics, jails ...Jail) *Guard {
 	t.Helper()
 	g, err := New(st, Config{
 		Jails: jails, Prefixes: Prefixes{IPv4: 32, IPv6: 64}, Now: clk.Now, Metrics: m,
@@ -56,7 +57,7 @@ func TestBlastRadiusBurst(t *testing.T) {
 	for _, sk := range storeKinds {
 		t.Run(sk.name, func(t *testing.T) {
 			ctx := context.Background()
-			clk := &clock{t: time.Now().Truncate(time.Millisecond)}
+			clk := fakeclock.New(time.Now().Truncate(time.Millisecond))
 			node := sk.open(t, clk.Now)
 			const limit, n, workers = 100, 10_000, 8
 			m := &holdCounter{}
@@ -167,7 +168,7 @@ func TestBlastRadiusDrain(t *testing.T) {
 	for _, sk := range storeKinds {
 		t.Run(sk.name, func(t *testing.T) {
 			ctx := context.Background()
-			clk := &clock{t: time.Now().Truncate(time.Millisecond)}
+			clk := fakeclock.New(time.Now().Truncate(time.Millisecond))
 			st := sk.open(t, clk.Now)(0)
 			m := &holdCounter{}
 			short := authJail
@@ -235,7 +236,7 @@ func TestBlastRadiusWebmail(t *testing.T) {
 	for _, sk := range storeKinds {
 		t.Run(sk.name, func(t *testing.T) {
 			ctx := context.Background()
-			clk := &clock{t: time.Now().Truncate(time.Millisecond)}
+			clk := fakeclock.New(time.Now().Truncate(time.Millisecond))
 			st := sk.open(t, clk.Now)(0)
 			g := holdGuard(t, st, clk, 3, nil, authJail, userJail)
 			web := netip.MustParseAddr("2001:db8:80::25")
@@ -276,7 +277,7 @@ func TestBlastRadiusWebmail(t *testing.T) {
 // maxretry-th distinct password (the ban's Hit must not be taken for the
 // same password again).
 func TestBlastRadiusDistinctPasswords(t *testing.T) {
-	clk := &clock{t: time.Now().Truncate(time.Millisecond)}
+	clk := fakeclock.New(time.Now().Truncate(time.Millisecond))
 	st := storeKinds[0].open(t, clk.Now)(0)
 	g := holdGuard(t, st, clk, 10, nil, userJail)
 	var bans []store.Ban
@@ -301,7 +302,7 @@ func TestBlastRadiusCountsOnce(t *testing.T) {
 	for _, sk := range storeKinds {
 		t.Run(sk.name, func(t *testing.T) {
 			ctx := context.Background()
-			clk := &clock{t: time.Now().Truncate(time.Millisecond)}
+			clk := fakeclock.New(time.Now().Truncate(time.Millisecond))
 			st := sk.open(t, clk.Now)(0)
 			g, err := New(st, Config{
 				Jails: []Jail{authJail}, Prefixes: Prefixes{IPv4: 32, IPv6: 64}, Now: clk.Now,

@@ -5,21 +5,13 @@ import (
 	"errors"
 	"net/netip"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/mailguard/mailguard/internal/fakeclock"
 	"github.com/mailguard/mailguard/store"
 	"github.com/mailguard/mailguard/store/memstore"
 )
-
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time      { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *clock) Add(d time.Duration) { c.mu.Lock(); c.t = c.t.Add(d); c.mu.Unlock() }
 
 var (
 	authJail = Jail{Name: "dovecot", Events: []string{EventAuthFailure}, Key: KeyPrefix, MaxRetry: 5,
@@ -30,9 +22,9 @@ var (
 		FindTime: time.Hour, Action: ActionRefuse}
 )
 
-func newGuard(t testing.TB, jails ...Jail) (*Guard, *clock) {
+func newGuard(t testing.TB, jails ...Jail) (*Guard, *fakeclock.Clock) {
 	t.Helper()
-	clk := &clock{t: time.Now()}
+	clk := fakeclock.New(time.Now())
 	st, err := memstore.Open(memstore.Options{Now: clk.Now})
 	if err != nil {
 		t.Fatal(err)

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mailguard/mailguard/internal/fakeclock"
 	"github.com/mailguard/mailguard/store/memstore"
 )
 
@@ -13,7 +14,7 @@ import (
 // no longer: past it, the user ban refuses the old device too.
 func TestKnownDeviceTTLExpires(t *testing.T) {
 	const ttl = 24 * time.Hour
-	clk := &clock{t: time.Now()}
+	clk := fakeclock.New(time.Now())
 	st, err := memstore.Open(memstore.Options{Now: clk.Now})
 	if err != nil {
 		t.Fatal(err)

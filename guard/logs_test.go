@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mailguard/mailguard/internal/fakeclock"
 	"github.com/mailguard/mailguard/store/memstore"
 )
 
@@ -158,7 +159,7 @@ func TestOnceLedgerBounded(t *testing.T) {
 // Log matches from a shared address count but never ban it in a jail keyed
 // by address, as hook events do.
 func TestLogFailureSharedAddress(t *testing.T) {
-	clk := &clock{t: time.Now()}
+	clk := fakeclock.New(time.Now())
 	st, err := memstore.Open(memstore.Options{Now: clk.Now})
 	if err != nil {
 		t.Fatal(err)

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mailguard/mailguard/internal/fakeclock"
 	"github.com/mailguard/mailguard/store"
 	"github.com/mailguard/mailguard/store/memstore"
 	"github.com/mailguard/mailguard/store/redisstore"
@@ -44,7 +45,7 @@ var storeKinds = []storeKind{
 	}},
 }
 
-func sharedGuard(t *testing.T, st store.Store, clk *clock, jails ...Jail) *Guard {
+func sharedGuard(t *testing.T, st store.Store, clk *fakeclock.Clock, jails ...Jail) *Guard {
 	t.Helper()
 	g, err := New(st, Config{
 		Jails: jails, Prefixes: Prefixes{IPv4: 32, IPv6: 64}, Now: clk.Now,
@@ -65,7 +66,7 @@ func TestSharedAddress(t *testing.T) {
 	for _, sk := range storeKinds {
 		t.Run(sk.name, func(t *testing.T) {
 			ctx := context.Background()
-			clk := &clock{t: time.Now().Truncate(time.Millisecond)}
+			clk := fakeclock.New(time.Now().Truncate(time.Millisecond))
 			node := sk.open(t, clk.Now)
 			g := sharedGuard(t, node(0), clk, authJail, userJail)
 			other := g
@@ -128,7 +129,7 @@ func TestSharedAddress(t *testing.T) {
 
 // A manual ban still applies to a shared address: the rule is about jails.
 func TestSharedAddressManualBan(t *testing.T) {
-	clk := &clock{t: time.Now()}
+	clk := fakeclock.New(time.Now())
 	st, err := memstore.Open(memstore.Options{Now: clk.Now})
 	if err != nil {
 		t.Fatal(err)

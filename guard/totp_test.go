@@ -5,13 +5,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mailguard/mailguard/internal/fakeclock"
 	"github.com/mailguard/mailguard/store"
 	"github.com/mailguard/mailguard/store/memstore"
 )
 
-func newTOTPGuard(t *testing.T) (*Guard, *memstore.Store, *clock) {
+func newTOTPGuard(t *testing.T) (*Guard, *memstore.Store, *fakeclock.Clock) {
 	t.Helper()
-	clk := &clock{t: time.Now()}
+	clk := fakeclock.New(time.Now())
 	st, err := memstore.Open(memstore.Options{Now: clk.Now})
 	if err != nil {
 		t.Fatal(err)

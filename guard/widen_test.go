@@ -7,10 +7,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mailguard/mailguard/internal/fakeclock"
 	"github.com/mailguard/mailguard/store"
 )
 
-func widenGuard(t *testing.T, st store.Store, clk *clock) *Guard {
+func widenGuard(t *testing.T, st store.Store, clk *fakeclock.Clock) *Guard {
 	t.Helper()
 	g, err := New(st, Config{
 		Jails: []Jail{authJail}, Prefixes: Prefixes{IPv4: 32, IPv6: 64}, Now: clk.Now,
@@ -29,7 +30,7 @@ func TestWidenIPv6(t *testing.T) {
 	for _, sk := range storeKinds {
 		t.Run(sk.name, func(t *testing.T) {
 			ctx := context.Background()
-			clk := &clock{t: time.Now().Truncate(time.Millisecond)}
+			clk := fakeclock.New(time.Now().Truncate(time.Millisecond))
 			g := widenGuard(t, sk.open(t, clk.Now)(0), clk)
 			banSubnet := func(p string, n int) []store.Ban {
 				t.Helper()

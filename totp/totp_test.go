@@ -13,21 +13,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mailguard/mailguard/internal/fakeclock"
 	"github.com/mailguard/mailguard/store"
 	"github.com/mailguard/mailguard/store/memstore"
 )
-
-type clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
 
 // fakeLimiter counts wrong codes and refuses at max of them per user.
 type fakeLimiter struct {
@@ -55,7 +44,7 @@ func (l *fakeLimiter) CodeFailed(_ context.Context, _ netip.Addr, user string) e
 type fixture struct {
 	svc *Service
 	st  *memstore.Store
-	clk *clock
+	clk *fakeclock.Clock
 	lim *fakeLimiter
 	key []byte
 }
@@ -65,7 +54,7 @@ var t0 = time.Unix(1_800_000_000/Period*Period, 0)
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	clk := &clock{now: t0}
+	clk := fakeclock.New(t0)
 	st, err := memstore.Open(memstore.Options{Now: clk.Now})
 	if err != nil {
 		t.Fatal(err)
@@ -120,7 +109,7 @@ func TestSkewWindow(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			f := newFixture(t)
 			url := f.enrol(t, "alice@example.org")
-			f.clk.Advance(10 * time.Second) // inside the step
+			f.clk.Add(10 * time.Second) // inside the step
 			err := f.svc.Verify(t.Context(), "alice@example.org", code(t, url, f.clk.Now().Add(c.offset)), client)
 			if !errors.Is(err, c.want) || (c.want == nil) != (err == nil) {
 				t.Errorf("Verify(code at %v) = %v, want %v", c.offset, err, c.want)
@@ -142,7 +131,7 @@ func TestReplayRefused(t *testing.T) {
 	if err := f.svc.Verify(ctx, "ALICE@example.org", code(t, url, now), client); !errors.Is(err, ErrReplay) {
 		t.Errorf("second use = %v, want ErrReplay", err)
 	}
-	f.clk.Advance(Period * time.Second)
+	f.clk.Add(Period * time.Second)
 	if err := f.svc.Verify(ctx, "alice@example.org", code(t, url, now), client); !errors.Is(err, ErrReplay) {
 		t.Errorf("previous step's code after use = %v, want ErrReplay", err)
 	}
@@ -266,7 +255,7 @@ func TestEnrolLink(t *testing.T) {
 		t.Errorf("Enrolment(unknown) = %v, want ErrNoLink", err)
 	}
 	tok2, _ := f.svc.NewEnrolLink(ctx, "dave@example.org")
-	f.clk.Advance(DefaultLinkTTL)
+	f.clk.Add(DefaultLinkTTL)
 	if _, _, err := f.svc.Enrolment(ctx, tok2); !errors.Is(err, ErrNoLink) {
 		t.Errorf("Enrolment(expired link) = %v, want ErrNoLink", err)
 	}

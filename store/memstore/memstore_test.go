@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mailguard/mailguard/internal/fakeclock"
 	"github.com/mailguard/mailguard/store"
 	"github.com/mailguard/mailguard/store/storetest"
 )
@@ -44,25 +45,8 @@ func open(t testing.TB, o Options) *Store {
 	return s
 }
 
-// clock is a fake clock for the tests of this package.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newClock() *clock { return &clock{t: time.Now().Truncate(time.Millisecond)} }
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
+// newClock returns a test clock that moves only when told.
+func newClock() *fakeclock.Clock { return fakeclock.New(time.Now().Truncate(time.Millisecond)) }
 
 var recidive = store.Recidive{Window: 24 * time.Hour, Factor: 2, MaxTime: 24 * time.Hour}
 
@@ -125,7 +109,7 @@ func sameState(a, b state) bool {
 
 // populate makes bans (by Hit and by Ban), an unban and known devices, and
 // returns the known keys.
-func populate(t *testing.T, s *Store, c *clock) []string {
+func populate(t *testing.T, s *Store, c *fakeclock.Clock) []string {
 	t.Helper()
 	ctx := t.Context()
 	banBy(t, s, hitOf("net:192.0.2.1/32"))
@@ -163,7 +147,7 @@ func TestReopenKeepsState(t *testing.T) {
 		t.Errorf("state after reopen:\n got %v\nwant %v", got, want)
 	}
 	// Escalation history survived: the next ban of the unbanned subject is its second.
-	c.Advance(2 * time.Hour)
+	c.Add(2 * time.Hour)
 	if b := banBy(t, s, hitOf("net:192.0.2.2/32")); b.Nth != 2 || b.Expires.Sub(b.Created) != 2*time.Hour {
 		t.Errorf("ban after reopen: Nth %d, lasts %v; want Nth 2, 2h", b.Nth, b.Expires.Sub(b.Created))
 	}
@@ -325,7 +309,7 @@ func TestCompactionKeepsState(t *testing.T) {
 		t.Fatalf("compact = %v", err)
 	}
 	// Changes after a compaction land in the new journal.
-	c.Advance(2 * time.Hour)
+	c.Add(2 * time.Hour)
 	if b := banBy(t, s, hitOf("net:192.0.2.2/32")); b.Nth != 2 {
 		t.Errorf("ban after compaction: Nth = %d, want 2 (history compacted)", b.Nth)
 	}
@@ -451,7 +435,7 @@ func TestJanitorFreesExpired(t *testing.T) {
 	}
 	start := c.Now()
 	for _, st := range steps {
-		c.Advance(start.Add(st.after).Sub(c.Now()))
+		c.Add(start.Add(st.after).Sub(c.Now()))
 		s.sweep()
 		w, b, h, k := s.sizes()
 		if w != st.windows || b != st.bans || h != st.history || k != st.known {
@@ -493,11 +477,11 @@ func TestRememberWritesJournalSparingly(t *testing.T) {
 		return s.j.bytes()
 	}
 	first := remember()
-	c.Advance(59 * time.Second)
+	c.Add(59 * time.Second)
 	if got := remember(); got != first {
 		t.Errorf("journal grew from %d to %d bytes on a Remember 59s later (ttl/64 = 1m)", first, got)
 	}
-	c.Advance(time.Second)
+	c.Add(time.Second)
 	if got := remember(); got <= first {
 		t.Errorf("journal stayed at %d bytes on a Remember 1m later, want a record", got)
 	}
@@ -691,7 +675,7 @@ func TestLongRecidiveAfterRestart(t *testing.T) {
 	banBy(t, s, h)
 	s.Close()
 
-	c.Advance(10 * 24 * time.Hour)
+	c.Add(10 * 24 * time.Hour)
 	s = open(t, Options{Dir: dir, Now: c.Now})
 	defer s.Close()
 	s.sweep()

@@ -68,7 +68,7 @@ func TestBrowser(t *testing.T) {
 		t.Errorf("QR code image: naturalWidth %d, want about 256 (not loaded?)", qrWidth)
 	}
 	code := func() string {
-		c, err := totp.GenerateCode(secret, s.clk.now())
+		c, err := totp.GenerateCode(secret, s.clk.Now())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -82,8 +82,8 @@ func TestBrowser(t *testing.T) {
 
 	// A mail program is refused from 198.51.100.7; approve it with the
 	// next code (the first one is used up).
-	s.svc.refused(t, "dave@example.org", "198.51.100.7", 24, "imap", s.clk.now().Add(-2*time.Minute))
-	s.clk.add(30 * time.Second)
+	s.svc.refused(t, "dave@example.org", "198.51.100.7", 24, "imap", s.clk.Now().Add(-2*time.Minute))
+	s.clk.Add(30 * time.Second)
 	browsertest.Do(t, ctx, "signing in",
 		chromedp.Click(chromedp.CSS("main a"), chromedp.NodeVisible),
 		chromedp.WaitVisible(chromedp.ID("login")),

@@ -16,38 +16,21 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/pquerna/otp/totp"
 
 	"github.com/mailguard/mailguard/internal/dedup"
+	"github.com/mailguard/mailguard/internal/fakeclock"
 	"github.com/mailguard/mailguard/internal/logtest"
 )
-
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
 
 // site is a Server over the real totp.Service on a real listener, with a browser-
 // like client (cookie jar, no redirects followed automatically).
 type site struct {
 	t     *testing.T
-	clk   *clock
+	clk   *fakeclock.Clock
 	svc   *service
 	srv   *Server
 	hs    *httptest.Server
@@ -58,9 +41,9 @@ type site struct {
 
 func newSite(t *testing.T, configure func(*Server)) *site {
 	t.Helper()
-	clk := &clock{t: time.Date(2026, 11, 29, 10, 0, 5, 0, time.UTC)}
-	svc := newService(t, clk.now)
-	srv := &Server{Service: svc, TrustTTL: 30 * 24 * time.Hour, Log: slog.New(slog.DiscardHandler), now: clk.now}
+	clk := fakeclock.New(time.Date(2026, 11, 29, 10, 0, 5, 0, time.UTC))
+	svc := newService(t, clk.Now)
+	srv := &Server{Service: svc, TrustTTL: 30 * 24 * time.Hour, Log: slog.New(slog.DiscardHandler), now: clk.Now}
 	if configure != nil {
 		configure(srv)
 	}
@@ -114,7 +97,7 @@ func csrfOf(t *testing.T, body string) string {
 }
 
 func (s *site) code(secret string) string {
-	c, err := totp.GenerateCode(secret, s.clk.now())
+	c, err := totp.GenerateCode(secret, s.clk.Now())
 	if err != nil {
 		s.t.Fatal(err)
 	}
@@ -231,7 +214,7 @@ func TestApprove(t *testing.T) {
 	s.proxy = http.Header{"X-Forwarded-For": {"203.0.113.5"}}
 	alice := s.svc.enrol(t, "alice@example.org")
 	s.svc.enrol(t, "bob@example.org")
-	now := s.clk.now()
+	now := s.clk.Now()
 	s.svc.refused(t, "alice@example.org", "198.51.100.7", 24, "imap", now.Add(-2*time.Minute))
 	s.svc.refused(t, "alice@example.org", "2001:db8:1::5", 56, "smtp", now.Add(-50*time.Minute))
 	s.svc.refused(t, "alice@example.org", "198.51.100.7", 24, "pop3", now.Add(-30*time.Second))
@@ -319,7 +302,7 @@ func TestApprove(t *testing.T) {
 	s.svc.lim.mu.Lock()
 	s.svc.lim.closed = true
 	s.svc.lim.mu.Unlock()
-	s.clk.add(30 * time.Second)
+	s.clk.Add(30 * time.Second)
 	r = s.do("POST", "/login", url.Values{"csrf": {csrfOf(t, home.body)}, "login": {"alice@example.org"}, "code": {s.code(alice)}})
 	if r.status != http.StatusForbidden || !strings.Contains(r.body, "Too many wrong codes") {
 		t.Errorf("jailed: status %d:\n%s", r.status, r.body)
@@ -349,7 +332,7 @@ func TestCSRF(t *testing.T) {
 		}
 	}
 	page := s.signIn("alice", secret)
-	s.svc.refused(t, "alice", "198.51.100.7", 24, "imap", s.clk.now())
+	s.svc.refused(t, "alice", "198.51.100.7", 24, "imap", s.clk.Now())
 	// The anonymous form's token does not approve: the session's is needed.
 	if r := s.do("POST", "/approve", url.Values{"csrf": {token}, "approve": {"198.51.100.0/24"}}); r.status != http.StatusForbidden {
 		t.Errorf("approve with the login form's token: status %d, want 403", r.status)
@@ -362,13 +345,13 @@ func TestCSRF(t *testing.T) {
 func TestSessionExpires(t *testing.T) {
 	s := newSite(t, func(srv *Server) { srv.SessionTTL = 5 * time.Minute })
 	secret := s.svc.enrol(t, "alice")
-	s.svc.refused(t, "alice", "198.51.100.7", 24, "imap", s.clk.now())
+	s.svc.refused(t, "alice", "198.51.100.7", 24, "imap", s.clk.Now())
 	page := s.signIn("alice", secret)
-	s.clk.add(5*time.Minute - time.Second)
+	s.clk.Add(5*time.Minute - time.Second)
 	if r := s.do("GET", "/", nil); !strings.Contains(r.body, "198.51.100.7") {
 		t.Fatal("session ended before its time")
 	}
-	s.clk.add(time.Second)
+	s.clk.Add(time.Second)
 	if r := s.do("GET", "/", nil); strings.Contains(r.body, "198.51.100.7") || !strings.Contains(r.body, `<label for="login">`) {
 		t.Errorf("session still open after SessionTTL:\n%s", r.body)
 	}
@@ -529,7 +512,7 @@ func TestLogsRateLimited(t *testing.T) {
 	if n, _ := lines.Count("totp web: form without a valid CSRF token"); n != 1 {
 		t.Errorf("50 forged forms in one period: %d lines, want 1", n)
 	}
-	s.clk.add(dedup.DefaultPeriod)
+	s.clk.Add(dedup.DefaultPeriod)
 	s.do("POST", "/login", url.Values{"csrf": {"forged"}, "login": {"alice"}, "code": {"123456"}})
 	if n, sup := lines.Count("totp web: form without a valid CSRF token"); n != 2 || sup[1] != 49 {
 		t.Errorf("next period: %d lines, suppressed %v; want 2, [0 49]", n, sup)
