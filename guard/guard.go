@@ -509,17 +509,23 @@ func (g *Guard) event(ctx context.Context, kind string, a netip.Addr, user, prot
 		note.add(j.Name, r.Count, h.BanTime == 0 && r.Count >= j.MaxRetry)
 		g.log.Debug("failure", "jail", j.Name, "key", s, "count", r.Count, "protocol", protocol)
 		if r.Ban != nil {
-			bans = append(bans, *r.Ban)
-			if g.metrics != nil {
-				g.metrics.Banned(j.Name)
-			}
-			g.log.Info("ban", "jail", j.Name, "key", r.Ban.Subject, "ttl", r.Ban.Expires.Sub(r.Ban.Created).Round(time.Second),
-				"count", r.Count, "nth", r.Ban.Nth, "protocol", protocol)
-			bans = append(bans, g.widened(ctx, j, a, *r.Ban)...)
+			bans = append(bans, g.banMade(ctx, j, a, r, "protocol", protocol)...)
 		}
 	}
 	g.auditFailure(ctx, kind, a, user, protocol, app, &note, bans)
 	return bans, errors.Join(errs...)
+}
+
+// banMade tells the metrics and the log of the ban r made by a failure from
+// a in jail j (key and value name where it came from: protocol or log
+// source) and widens it. It returns the ban, then the wider ones.
+func (g *Guard) banMade(ctx context.Context, j *Jail, a netip.Addr, r store.HitResult, key, value string) []store.Ban {
+	if g.metrics != nil {
+		g.metrics.Banned(j.Name)
+	}
+	g.log.Info("ban", "jail", j.Name, "key", r.Ban.Subject, "ttl", r.Ban.Expires.Sub(r.Ban.Created).Round(time.Second),
+		"count", r.Count, "nth", r.Ban.Nth, key, value)
+	return append([]store.Ban{*r.Ban}, g.widened(ctx, j, a, *r.Ban)...)
 }
 
 // hit is the store.Hit of one failure of subject s in jail j.

@@ -63,13 +63,7 @@ func (g *Guard) LogFailure(ctx context.Context, jail string, a netip.Addr, user,
 	g.countProtocol(j.Name, source)
 	g.log.Debug("failure", "jail", j.Name, "key", s, "count", r.Count, "source", source)
 	if r.Ban != nil {
-		bans = append(bans, *r.Ban)
-		if g.metrics != nil {
-			g.metrics.Banned(j.Name)
-		}
-		g.log.Info("ban", "jail", j.Name, "key", r.Ban.Subject, "ttl", r.Ban.Expires.Sub(r.Ban.Created).Round(time.Second),
-			"count", r.Count, "nth", r.Ban.Nth, "source", source)
-		bans = append(bans, g.widened(ctx, j, a, *r.Ban)...)
+		bans = g.banMade(ctx, j, a, r, "source", source)
 	}
 	if g.audit != nil { // audit.go
 		var note failureNote
