@@ -69,7 +69,7 @@ func (s *Server) serveConn(cn *conn) {
 		if first {
 			cn.readBy = now.Add(s.firstTimeout)
 			c.SetReadDeadline(cn.readBy)
-		} else if by := now.Add(s.idleTimeout); by.Before(cn.readBy) || by.Sub(cn.readBy) > slack(s.idleTimeout) {
+		} else if by := now.Add(s.idleTimeout); moves(cn.readBy, by, s.idleTimeout) {
 			cn.readBy = by
 			c.SetReadDeadline(by)
 		}
@@ -87,7 +87,7 @@ func (s *Server) serveConn(cn *conn) {
 		start := time.Now()
 		action, verdict := cn.decide(&cn.req)
 		s.metrics.Request(verdict, time.Since(start))
-		if by := time.Now().Add(writeTimeout); by.Sub(cn.writeBy) > slack(writeTimeout) {
+		if by := time.Now().Add(writeTimeout); moves(cn.writeBy, by, writeTimeout) {
 			cn.writeBy = by
 			c.SetWriteDeadline(by)
 		}
@@ -105,9 +105,12 @@ func (s *Server) serveConn(cn *conn) {
 	}
 }
 
-// slack is how far a deadline of timeout d may lag behind: a tenth of d, at
-// most a second.
-func slack(d time.Duration) time.Duration { return min(d/10, time.Second) }
+// moves reports whether a deadline set at last should be moved to by, for
+// a timeout of d: when by comes earlier, or later by more than a tenth of d
+// (at most a second), the slack a deadline may lag behind.
+func moves(last, by time.Time, d time.Duration) bool {
+	return by.Before(last) || by.Sub(last) > min(d/10, time.Second)
+}
 
 // reply writes the reply, as WriteReply does, from the connection's buffer.
 func (cn *conn) reply(action string) error {
