@@ -8,8 +8,8 @@ VERSION     := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS     := -X main.Version=$(VERSION)
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # Debian packages the end-to-end tests run for real.
-TEST_DEBS   := redis-server redis-tools nftables iptables ipset iproute2 postfix dovecot-imapd dovecot-pop3d
-TEST_BINS   := redis-server redis-cli nft iptables ipset ip postfix dovecot
+TEST_DEBS   := redis-server redis-tools nftables iptables ipset iproute2 postfix dovecot-imapd dovecot-pop3d systemd
+TEST_BINS   := redis-server redis-cli nft iptables ipset ip postfix dovecot systemd-cat
 # The webmail end-to-end test (e2e TestRoundcube) runs Debian's Roundcube on
 # its own nginx and php-fpm instances; the packages' own site and database are
 # not set up (debconf answers below): the test writes its own config.

@@ -6,9 +6,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mailguard/mailguard/internal/testenv"
 )
 
 // fakeJournalctl writes a journalctl stand-in that records its arguments
@@ -91,17 +94,19 @@ func TestJournalMissingCommand(t *testing.T) {
 // TestJournalReal follows a real systemd-journald. It is not a CI
 // requirement (containers and CI runners rarely run journald), so it skips
 // with the reason instead of failing under CI=true as testenv gates do.
+// TestJournalReal follows a real systemd-journald: the machine's, or, where
+// none runs (a container without systemd, as in CI), one of the test's own in
+// a private mount namespace, reached through nsenter.
 func TestJournalReal(t *testing.T) {
+	journalctl, cat := "journalctl", "systemd-cat"
 	if _, err := os.Stat("/run/systemd/journal/socket"); err != nil {
-		t.Skip("no systemd-journald running on this machine (/run/systemd/journal/socket missing); the journal source is tested against a real journald only where one runs, not in CI")
-	}
-	cat, err := exec.LookPath("systemd-cat")
-	if err != nil {
-		t.Skip("systemd-cat not installed: cannot write to the journal")
+		journalctl, cat = privateJournald(t)
+	} else if cat, err = exec.LookPath(cat); err != nil {
+		testenv.Missing(t, "systemd-cat not installed: cannot write to the journal (make test installs systemd as root)")
 	}
 	tag := fmt.Sprintf("mailguard-test-%d", time.Now().UnixNano())
 	c := newCollector()
-	j := &Journal{Matches: []string{"SYSLOG_IDENTIFIER=" + tag}, StateDir: t.TempDir()}
+	j := &Journal{Matches: []string{"SYSLOG_IDENTIFIER=" + tag}, StateDir: t.TempDir(), Command: journalctl}
 	if err := j.Start(context.Background(), c.deliver); err != nil {
 		t.Fatalf("Start = %v", err)
 	}
@@ -125,5 +130,81 @@ func TestJournalReal(t *testing.T) {
 	}
 	if got := c.texts()[0]; !strings.Contains(got, tag+"[") || !strings.HasSuffix(got, ": SASL LOGIN authentication failed") {
 		t.Errorf("journal line = %q, want %s[PID]: SASL LOGIN authentication failed", got, tag)
+	}
+}
+
+// privateJournald starts systemd-journald in a mount namespace of its own,
+// with its own /run (its sockets, and the volatile journal under /run/log)
+// and a journald.conf that keeps the journal there: nothing of it is seen
+// from the machine, and the machine's /run/systemd is left alone (other
+// tests, and the default postfix jail, look there for a journald). It
+// returns a journalctl and a systemd-cat that run inside that namespace.
+func privateJournald(t *testing.T) (journalctl, cat string) {
+	t.Helper()
+	testenv.Root(t)
+	unshare, nsenter := testenv.Command(t, "unshare"), testenv.Command(t, "nsenter")
+	testenv.Command(t, "systemd-cat")
+	journald := ""
+	for _, p := range []string{"/lib/systemd/systemd-journald", "/usr/lib/systemd/systemd-journald"} {
+		if _, err := os.Stat(p); err == nil {
+			journald = p
+			break
+		}
+	}
+	if journald == "" {
+		testenv.Missing(t, "no systemd-journald running and none installed (make test installs systemd as root)")
+	}
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "journald.conf")
+	if err := os.WriteFile(conf, []byte("[Journal]\nStorage=volatile\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	script := fmt.Sprintf(`set -e
+mount -t tmpfs -o mode=0755 tmpfs /run
+if [ -e /etc/systemd/journald.conf ]; then mount --bind %[1]s /etc/systemd/journald.conf; fi
+if [ -d /etc/systemd/journald.conf.d ]; then mount -t tmpfs tmpfs /etc/systemd/journald.conf.d; fi
+exec %[2]s`, conf, journald)
+	out, err := os.Create(filepath.Join(dir, "journald.out"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	output := func() string { b, _ := os.ReadFile(out.Name()); return string(b) }
+	cmd := exec.Command(unshare, "--mount", "--propagation", "private", "sh", "-c", script)
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting journald: %v", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-exited
+	})
+	pid := cmd.Process.Pid // sh execs journald: its pid
+	wrap := func(name string) string {
+		p := filepath.Join(dir, name)
+		script := fmt.Sprintf("#!/bin/sh\nexec %s --target %d --mount -- %s \"$@\"\n", nsenter, pid, name)
+		if err := os.WriteFile(p, []byte(script), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	journalctl, cat = wrap("journalctl"), wrap("systemd-cat")
+	// Ready when its stream socket is there.
+	deadline := time.Now().Add(wait)
+	for {
+		select {
+		case err := <-exited:
+			t.Fatalf("journald exited: %v: %s", err, output())
+		default:
+		}
+		if exec.Command(nsenter, "--target", strconv.Itoa(pid), "--mount", "--", "test", "-S", "/run/systemd/journal/stdout").Run() == nil {
+			return journalctl, cat
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("journald's socket did not appear within %v: %s", wait, output())
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
