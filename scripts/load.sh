@@ -25,6 +25,8 @@
 #                        cost of the TOTP lookup in every after-auth allow)
 #   AUDIT=off            run the daemon with audit.enabled: false (the audit
 #                        trail's cost: compare with a run of the default, on)
+#   RUNS=1               repeat the whole measurement; with more than one, it
+#                        ends with the median and range of every summary row
 #
 # Everything runs on this machine: the load tool shares the CPUs with the
 # daemon (and with Redis), so the figures are a floor of what the daemon alone
@@ -45,6 +47,7 @@ LOG_LEVEL=${LOG_LEVEL:-info}
 PROFILE=${PROFILE:-}
 TOTP=${TOTP:-}
 AUDIT=${AUDIT:-on}
+RUNS=${RUNS:-1}
 export PATH="$PATH:/usr/sbin:/sbin"
 
 case $AUDIT in
@@ -57,6 +60,10 @@ for s in $STORES; do
 	*) echo "load.sh: STORES must list memory and/or redis, not '$s'" >&2; exit 2 ;;
 	esac
 done
+if ! [[ $RUNS =~ ^[0-9]+$ ]] || [ "$RUNS" -lt 1 ]; then
+	echo "load.sh: RUNS must be a whole number of runs (1 or more), not '$RUNS'" >&2
+	exit 2
+fi
 secs=${DURATION%s}
 if ! [[ $secs =~ ^[0-9]+$ ]] || [ "$secs" -lt 1 ]; then
 	echo "load.sh: DURATION must be whole seconds (5s), not '$DURATION'" >&2
@@ -296,30 +303,78 @@ redis_bench() {
 	fi
 }
 
-for st in $STORES; do
-	run_store "$st"
+ratio() { awk -v a="${1:-0}" -v b="${2:-0}" 'BEGIN { if (a > 0 && b > 0) printf "%.2f", a / b; else printf "-" }'; }
+# row FRONTEND STORE MAILGUARD FLOOR [NOTE]: print a summary row, and keep it
+# for the summary over all runs.
+row() {
+	local r note=${5:-}
+	r=$(ratio "$3" "$4")
+	printf "%-10s %-8s %10s %10s %6s%s\n" "$1" "$2" "${3:-?}" "${4:-?}" "$r" "${note:+   ($note)}"
+	printf "%s|%s|%s|%s|%s|%s\n" "$1" "$2" "$3" "$4" "$r" "${note%%;*}" >>"$tmp/rows"
+}
+# summary: mailguard's throughput as a ratio of each floor, for this run.
+summary() {
+	echo
+	echo "== summary: throughput (req/s), mailguard as a ratio of the floor measured just before it"
+	printf "%-10s %-8s %10s %10s %6s\n" "front end" store mailguard floor ratio
+	for st in $STORES; do
+		for fe in postfix dovecot; do
+			row "$fe" "$st" "${rps[$fe-$st]:-}" "${rps[floor-$fe-$st]:-}"
+		done
+		if [ "$st" = redis ]; then
+			row postfix redis "${rps[postfix-redis]:-}" "${rps[redis-get]:-}" \
+				"floor: redis-benchmark GET, same Redis, $CONNS clients; mean of ${rps[redis-get-before]:-?} before and ${rps[redis-get-after]:-?} after"
+		fi
+	done
+	if [[ " $STORES " == *" memory "* && " $STORES " == *" redis "* ]]; then
+		# The Redis hop's own cost: the same front end and load on the embedded
+		# store is the floor (one run apart, so the machine's drift counts too).
+		for fe in postfix dovecot; do
+			row "$fe" redis "${rps[$fe-redis]:-}" "${rps[$fe-memory]:-}" "floor: the same front end on the embedded store"
+		done
+	fi
+	echo "(the machine's other load during the run shows in each 'cpu' line: other processes)"
+}
+
+for run in $(seq "$RUNS"); do
+	[ "$RUNS" -eq 1 ] || { echo; echo "==== run $run of $RUNS"; }
+	rps=()
+	for st in $STORES; do
+		run_store "$st"
+	done
+	summary
 done
 
-ratio() { awk -v a="${1:-0}" -v b="${2:-0}" 'BEGIN { if (a > 0 && b > 0) printf "%.2f", a / b; else printf "-" }'; }
-echo
-echo "== summary: throughput (req/s), mailguard as a ratio of the floor measured just before it"
-printf "%-10s %-8s %10s %10s %6s\n" "front end" store mailguard floor ratio
-for st in $STORES; do
-	for fe in postfix dovecot; do
-		printf "%-10s %-8s %10s %10s %6s\n" "$fe" "$st" "${rps[$fe-$st]:-?}" "${rps[floor-$fe-$st]:-?}" "$(ratio "${rps[$fe-$st]:-}" "${rps[floor-$fe-$st]:-}")"
-	done
-	if [ "$st" = redis ]; then
-		printf "%-10s %-8s %10s %10s %6s   (floor: redis-benchmark GET, same Redis, %s clients; mean of %s before and %s after)\n" postfix redis "${rps[postfix-redis]:-?}" "${rps[redis-get]:-?}" \
-			"$(ratio "${rps[postfix-redis]:-}" "${rps[redis-get]:-}")" "$CONNS" "${rps[redis-get-before]:-?}" "${rps[redis-get-after]:-?}"
-	fi
-done
-if [[ " $STORES " == *" memory "* && " $STORES " == *" redis "* ]]; then
-	# The Redis hop's own cost: the same front end and load on the embedded
-	# store is the floor (one run apart, so the machine's drift counts too).
-	for fe in postfix dovecot; do
-		printf "%-10s %-8s %10s %10s %6s   (floor: the same front end on the embedded store)\n" "$fe" redis "${rps[$fe-redis]:-?}" "${rps[$fe-memory]:-?}" \
-			"$(ratio "${rps[$fe-redis]:-}" "${rps[$fe-memory]:-}")"
-	done
+# Over several runs: the median of each row (a single run moves with the
+# machine's speed; the median of a few is what to compare).
+if [ "$RUNS" -gt 1 ]; then
+	echo
+	echo "== over $RUNS runs: median (and range) of each row"
+	printf "%-10s %-8s %10s %10s %6s  %-11s\n" "front end" store mailguard floor ratio range
+	awk -F'|' '
+		# sorted(list, a): split list into a, sorted as numbers (mawk has no asort); returns the count.
+		function sorted(list, a,   n, i, j, v) {
+			n = split(list, a, " ")
+			for (i = 2; i <= n; i++) { v = a[i] + 0; for (j = i - 1; j >= 1 && a[j] + 0 > v; j--) a[j + 1] = a[j]; a[j + 1] = v }
+			return n
+		}
+		function median(list,   a, n) { n = sorted(list, a); return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
+		function lo(list,   a) { sorted(list, a); return a[1] }
+		function hi(list,   a, n) { n = sorted(list, a); return a[n] }
+		{
+			k = $1 "|" $2 "|" $6
+			if (!(k in seen)) { seen[k] = 1; order[++n] = k }
+			if ($3 != "") mg[k] = mg[k] " " $3
+			if ($4 != "") fl[k] = fl[k] " " $4
+			if ($5 != "-") r[k] = r[k] " " $5
+		}
+		END {
+			for (i = 1; i <= n; i++) {
+				k = order[i]; split(k, f, "|")
+				printf "%-10s %-8s %10.0f %10.0f %6s  %-11s%s\n", f[1], f[2], median(mg[k]), median(fl[k]),
+					r[k] == "" ? "-" : sprintf("%.2f", median(r[k])),
+					r[k] == "" ? "" : sprintf("%.2f-%.2f", lo(r[k]), hi(r[k])), f[3] == "" ? "" : "   (" f[3] ")"
+			}
+		}' "$tmp/rows"
 fi
-echo "(the machine's other load during the run shows in each 'cpu' line: other processes)"
 exit $status
