@@ -70,14 +70,8 @@ type postfixSession struct {
 func (s *postfixSession) do(ctx context.Context, i int) (string, error) {
 	s.buf = s.encode(s.buf[:0], i)
 	s.n++
-	// The deadline is moved when it would move by more than a second, not
-	// per request: each move is two runtime timer updates, a cost of the
-	// load tool's that would be taken from the server under test.
-	deadline := time.Now().Add(ioTimeout)
-	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline = d
-	}
-	if deadline.Before(s.dl) || deadline.Sub(s.dl) > time.Second {
+	end, capped := ctx.Deadline()
+	if deadline, move := nextDeadline(time.Now(), s.dl, end, capped); move {
 		s.c.SetDeadline(deadline)
 		s.dl = deadline
 	}
@@ -90,6 +84,24 @@ func (s *postfixSession) do(ctx context.Context, i int) (string, error) {
 	}
 	label, _, _ := strings.Cut(action, " ")
 	return label, nil
+}
+
+// nextDeadline returns the I/O deadline of a request sent at now on a
+// connection whose deadline was last set to last, and whether to set it. A
+// request gets ioTimeout, or less when the run's I/O ends first (end, when
+// capped). The deadline is moved when it would move by more than a second,
+// not per request: each move is two runtime timer updates, a cost of the
+// load tool's that would be taken from the server under test. Once the
+// run's end caps it, it is set to that end exactly: the slack would
+// otherwise keep the deadline up to a second short of it, and cut a request
+// still in flight when the run stops, which then counts as the server's
+// error.
+func nextDeadline(now, last, end time.Time, capped bool) (time.Time, bool) {
+	d := now.Add(ioTimeout)
+	if capped && end.Before(d) {
+		return end, !end.Equal(last)
+	}
+	return d, d.Before(last) || d.Sub(last) > time.Second
 }
 
 // encode appends request i to b: the recorded request (validated when it

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/mailguard/mailguard/policyd"
 )
@@ -41,6 +42,36 @@ func TestPostfixEncode(t *testing.T) {
 				t.Fatalf("users %d, request %d does not read back: %v", users, i, err)
 			}
 			s.n++
+		}
+	}
+}
+
+func TestNextDeadline(t *testing.T) {
+	t0 := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+	at := func(d time.Duration) time.Time { return t0.Add(d) }
+	end := at(30*time.Second + grace) // a 30 s run: its requests' I/O ends at 31 s
+	for _, c := range []struct {
+		name     string
+		now      time.Duration // since t0
+		last     time.Time
+		capped   bool
+		want     time.Time
+		wantMove bool
+	}{
+		{"first request", 0, time.Time{}, true, at(ioTimeout), true},
+		{"within the slack", 900 * time.Millisecond, at(ioTimeout), true, at(900*time.Millisecond + ioTimeout), false},
+		{"past the slack", 1100 * time.Millisecond, at(ioTimeout), true, at(1100*time.Millisecond + ioTimeout), true},
+		// The run's end caps the deadline less than a second after the one
+		// set (at 25 s, for 30 s): it must still move there, or a request in
+		// flight at 30 s is cut then and counted as the server's error.
+		{"capped near the last", 26500 * time.Millisecond, at(25*time.Second + ioTimeout), true, end, true},
+		{"capped, already set", 26600 * time.Millisecond, end, true, end, false},
+		{"capped earlier than the last", 26600 * time.Millisecond, end.Add(3 * time.Second), true, end, true},
+		{"no run end", 26500 * time.Millisecond, at(26*time.Second + ioTimeout), false, at(26500*time.Millisecond + ioTimeout), false},
+	} {
+		got, move := nextDeadline(at(c.now), c.last, end, c.capped)
+		if !got.Equal(c.want) || move != c.wantMove {
+			t.Errorf("%s: nextDeadline = %v, %v; want %v, %v", c.name, got.Sub(t0), move, c.want.Sub(t0), c.wantMove)
 		}
 	}
 }
