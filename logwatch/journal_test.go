@@ -91,9 +91,6 @@ func TestJournalMissingCommand(t *testing.T) {
 	}
 }
 
-// TestJournalReal follows a real systemd-journald. It is not a CI
-// requirement (containers and CI runners rarely run journald), so it skips
-// with the reason instead of failing under CI=true as testenv gates do.
 // TestJournalReal follows a real systemd-journald: the machine's, or, where
 // none runs (a container without systemd, as in CI), one of the test's own in
 // a private mount namespace, reached through nsenter.
