@@ -4,17 +4,11 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
 	"errors"
 	"fmt"
 	"go/build"
-	"math/big"
 	"net"
 	"net/netip"
 	"os"
@@ -22,6 +16,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/mailguard/mailguard/internal/testcert"
 )
 
 // fakeServer is a tiny IMAP, POP3 or SMTP server on 127.0.0.1:0 that fails
@@ -63,31 +59,10 @@ func (f *fakeServer) start() *fakeServer {
 	return f
 }
 
-var (
-	certOnce sync.Once
-	testCert tls.Certificate
-)
-
-// serverTLS is a self-signed certificate for 127.0.0.1, made once.
+// serverTLS is a self-signed certificate for mx.example.org and 127.0.0.1.
 func serverTLS(t *testing.T) *tls.Config {
-	certOnce.Do(func() {
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tmpl := &x509.Certificate{
-			SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "mx.example.org"},
-			DNSNames: []string{"mx.example.org"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
-			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		testCert = tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
-	})
-	return &tls.Config{Certificates: []tls.Certificate{testCert}}
+	c, _ := testcert.New(t, "mx.example.org")
+	return &tls.Config{Certificates: []tls.Certificate{c}}
 }
 
 func startFake(t *testing.T, proto string, refuseAt, closeAfter int) *fakeServer {
